@@ -1,0 +1,163 @@
+"""The CrossViT network: several branches of transformer blocks over patches of different
+sizes, fused after each of K multi-scale encoders, each with its own classifier head whose
+logits are averaged."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from .registry import ModelMeta
+
+from ..errors import CrossViTError
+from .config import CrossViTConfig
+from .fusion import build_fusion
+from .layers import Block, Tokenizer, init_weights, layer_norm
+
+
+class MultiScaleEncoder(nn.Module):
+    """One encoder: each branch runs its own blocks, then the fusion mixes the branches."""
+
+    def __init__(self, config: CrossViTConfig, drop_path_rates: list[float]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Sequential(*(
+                Block(b.dim, b.num_heads, b.mlp_ratio, config.qkv_bias, config.drop_rate,
+                      config.attn_drop_rate, drop_path_rates[j], config.layer_norm_eps)
+                for j in range(b.depth)
+            ))
+            for b in config.branches
+        )
+        self.fusion = build_fusion(config, drop_path_rates[-1])
+        # Without CLS tokens the mean patch token stands in for it during fusion (paper §4.5).
+        self.mean_agent = not config.cls_token and config.fusion != "none"
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        xs = [blocks(x) for blocks, x in zip(self.branches, xs)]
+        if not self.mean_agent:
+            return self.fusion(xs)
+        xs = self.fusion([torch.cat([x.mean(1, keepdim=True), x], dim=1) for x in xs])
+        # The fused agent becomes the new mean of the patch tokens.
+        return [x[:, 1:] + (x[:, :1] - x[:, 1:].mean(1, keepdim=True)) for x in xs]
+
+
+class CrossViT(nn.Module):
+    """CrossViT (Chen, Fan, Panda, ICCV 2021) for any number of branches and any fusion.
+
+    `forward_features` returns the normalised token tensors of every branch,
+    `forward_head` turns them into averaged logits (or the concatenated pooled features),
+    `branch_logits` gives each branch's head alone.
+    """
+
+    def __init__(self, config: CrossViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.meta: ModelMeta | None = None  # preprocessing and provenance, set by create_model
+        self.num_classes = config.num_classes
+        self.num_features = sum(b.dim for b in config.branches)
+        self.grad_checkpointing = False
+        self.grids = [b.grid_size() for b in config.branches]
+        extra = 1 if config.cls_token else 0
+
+        self.tokenizers = nn.ModuleList(
+            Tokenizer(b.tokenizer, b.patch_size, config.in_chans, b.dim) for b in config.branches
+        )
+        self.cls_tokens = nn.ParameterList(
+            nn.Parameter(torch.zeros(1, 1, b.dim)) for b in config.branches if config.cls_token
+        )
+        self.pos_embeds = nn.ParameterList(
+            nn.Parameter(torch.zeros(1, extra + g * g, b.dim)) for b, g in zip(config.branches, self.grids)
+        )
+        self.pos_drop = nn.Dropout(config.drop_rate)
+        self.encoders = nn.ModuleList(MultiScaleEncoder(config, rates) for rates in config.drop_path_rates())
+        self.norms = nn.ModuleList(layer_norm(b.dim, config.layer_norm_eps) for b in config.branches)
+        self.head_drop = nn.Dropout(config.drop_rate)
+        self.heads = nn.ModuleList(self._new_head(b.dim, config.num_classes) for b in config.branches)
+
+        for p in [*self.cls_tokens, *self.pos_embeds]:
+            nn.init.trunc_normal_(p, std=0.02)
+        self.apply(init_weights)
+
+    # -- timm-style interface -----------------------------------------------------------
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to keep out of weight decay besides norms and biases."""
+        return {name for name, _ in self.named_parameters() if name.startswith(("cls_tokens.", "pos_embeds."))}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each encoder in the backward pass instead of storing its activations."""
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.ModuleList:
+        return self.heads
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """New heads for `num_classes` classes (0: no heads, forward returns features)."""
+        ref = self.norms[0].weight
+        self.num_classes = num_classes
+        self.heads = nn.ModuleList(
+            self._new_head(b.dim, num_classes).to(device=ref.device, dtype=ref.dtype) for b in self.config.branches
+        )
+
+    @staticmethod
+    def _new_head(dim: int, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        head = nn.Linear(dim, num_classes)
+        init_weights(head)
+        return head
+
+    # -- forward ------------------------------------------------------------------------
+
+    def check_input(self, x: Tensor) -> None:
+        c, size = self.config.in_chans, self.config.img_size
+        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != size or x.shape[3] != size:
+            raise CrossViTError(
+                f"this model takes images of shape (batch, {c}, {size}, {size}), got {tuple(x.shape)}; "
+                f"resize the input, or create the model with img_size={x.shape[-1] if x.ndim == 4 else '...'}"
+                + ("" if x.ndim != 4 or x.shape[1] == c else f" and in_chans={x.shape[1]}")
+            )
+
+    def embed(self, x: Tensor) -> list[Tensor]:
+        """Images -> per-branch token tensors with CLS and position embeddings."""
+        self.check_input(x)
+        xs = []
+        for i, (branch, tokenizer) in enumerate(zip(self.config.branches, self.tokenizers)):
+            image = x
+            if branch.img_size != self.config.img_size:
+                image = F.interpolate(x, size=(branch.img_size, branch.img_size), mode="bicubic", align_corners=False)
+            tokens = tokenizer(image)
+            if self.config.cls_token:
+                tokens = torch.cat([self.cls_tokens[i].expand(x.shape[0], -1, -1), tokens], dim=1)
+            xs.append(self.pos_drop(tokens + self.pos_embeds[i]))
+        return xs
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        xs = self.embed(x)
+        for encoder in self.encoders:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                xs = checkpoint(encoder, xs, use_reentrant=False)
+            else:
+                xs = encoder(xs)
+        return [norm(x) for norm, x in zip(self.norms, xs)]
+
+    def pool(self, xs: list[Tensor]) -> list[Tensor]:
+        """Each branch's summary vector: its CLS token, or its mean patch token without CLS."""
+        return [x[:, 0] if self.config.cls_token else x.mean(1) for x in xs]
+
+    def branch_logits(self, xs: list[Tensor]) -> list[Tensor]:
+        """Logits of each branch's head alone (the paper's Table 6 reports them)."""
+        return [head(self.head_drop(p)) for head, p in zip(self.heads, self.pool(xs))]
+
+    def forward_head(self, xs: list[Tensor], pre_logits: bool = False) -> Tensor:
+        if pre_logits or self.num_classes == 0:
+            return torch.cat(self.pool(xs), dim=1)
+        return torch.stack(self.branch_logits(xs)).mean(0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,87 @@
+"""`create_model`: a registered variant, changed as asked, with weights loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from ..errors import CrossViTError
+from .checkpoint import StoredCheckpoint, load_checkpoint, read_checkpoint
+from .config import apply_overrides
+from .crossvit import CrossViT
+from .pretrained import download_weights
+from .registry import ModelMeta, get_variant
+
+
+def create_model(
+    name: str | None = None,
+    *,
+    pretrained: bool = False,
+    pretrained_url: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    in_chans: int | None = None,
+    fusion: str | None = None,
+    **overrides: Any,
+) -> CrossViT:
+    """Build a CrossViT.
+
+    name: a registered name (`crossvit.list_models()`), or the authors' `*_224` / `*_384`
+        names; may be left out when `checkpoint` is one of ours, which carries its config.
+    pretrained: load the published ImageNet weights (downloaded once into torch's hub cache);
+        `pretrained_url` fetches them from elsewhere (a mirror, a file:// URL).
+    checkpoint: a file to load (ours, the authors' or timm's layout; .pth or .safetensors).
+    num_classes, img_size, in_chans, fusion, **overrides: change the architecture; any field
+        of CrossViTConfig or BranchConfig (`depth=(1, 4)`, `drop_path_rate=0.1`, ...).
+        Weights still load: position embeddings are resampled and heads replaced.
+    """
+    stored: StoredCheckpoint | None = None
+    if checkpoint is not None:
+        stored = read_checkpoint(checkpoint)
+    if name is not None:
+        variant = get_variant(name)
+        config, meta = variant.config, variant.meta
+    elif stored is not None and stored.config is not None:
+        config = stored.config
+        meta = ModelMeta.from_dict(stored.meta) if stored.meta.get("name") else _plain_meta("crossvit_custom", config)
+    elif stored is not None:
+        raise CrossViTError(
+            f"checkpoint {checkpoint} is in the {stored.layout} layout, which does not record the architecture; "
+            "pass the model name too, e.g. create_model('crossvit_9_240', checkpoint=...)"
+        )
+    else:
+        raise CrossViTError("create_model needs a model name or a checkpoint saved by crossvit")
+
+    for key, value in (("num_classes", num_classes), ("img_size", img_size), ("in_chans", in_chans), ("fusion", fusion)):
+        if value is not None:
+            overrides[key] = value
+    if overrides:
+        new_config = apply_overrides(config, overrides)
+        meta = _meta_for(meta, new_config, classes_changed=new_config.num_classes != config.num_classes)
+        config = new_config
+
+    model = CrossViT(config)
+    model.meta = meta
+    if pretrained:
+        load_checkpoint(model, download_weights(meta, pretrained_url))
+    if stored is not None:
+        load_checkpoint(model, stored)
+    return model
+
+
+def _meta_for(meta: ModelMeta, config: Any, classes_changed: bool) -> ModelMeta:
+    """The variant's metadata for a changed architecture: its published numbers no longer apply."""
+    changes: dict[str, Any] = dict(input_size=(config.in_chans, config.img_size, config.img_size),
+                                   params=None, gmacs=None)
+    if classes_changed:
+        changes["class_names"] = None
+    if config.in_chans != meta.input_size[0]:
+        changes.update(mean=(sum(meta.mean) / len(meta.mean),) * config.in_chans,
+                       std=(sum(meta.std) / len(meta.std),) * config.in_chans)
+    return dataclasses.replace(meta, **changes)
+
+
+def _plain_meta(name: str, config: Any) -> ModelMeta:
+    return ModelMeta(name=name, input_size=(config.in_chans, config.img_size, config.img_size))

@@ -1,0 +1,168 @@
+"""The five ways of mixing the branches that the paper compares (its Table 6).
+
+Every scheme is a module `forward(xs) -> xs` over the list of per-branch token tensors,
+each (B, 1 + patches, width) with the branch's CLS token (or its stand-in) first.
+
+Where the paper leaves a choice open, for all-attention, class-token and pairwise fusion:
+tokens meet in the width of the widest branch (the primary L-branch), f^i / g^i are the
+LN -> GELU -> Linear maps into and out of that width (the identity for a branch already that
+wide), the attention of all-attention uses the heads of that branch, and pairwise fusion
+meets on that branch's patch grid (bilinear resampling). With these choices the paper's
+CrossViT-S ordering of cost holds: all-attention > cross-attention > pairwise > class-token > none.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import CrossViTConfig
+from .layers import DropPath, SelfAttention, layer_norm, merge_heads, projection, resize_tokens, split_heads
+
+
+class CrossAttention(nn.Module):
+    """The first token asks all tokens: y = x_0 + DropPath(MCA(LN(x))), cost linear in tokens."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float,
+                 drop_path: float, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.norm = layer_norm(dim, eps)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        normed = self.norm(x)
+        q = split_heads(self.q(normed[:, :1]), self.num_heads)
+        k = split_heads(self.k(normed), self.num_heads)
+        v = split_heads(self.v(normed), self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return x[:, :1] + self.drop_path(self.proj_drop(self.proj(merge_heads(out))))
+
+
+class CrossAttentionFusion(nn.Module):
+    """The paper's fusion. Branch i's CLS, projected into the width of branch j = i+1 (cyclic:
+    with two branches, each other), queries [itself || patches of j] through `fusion_layers`
+    cross-attention layers, and is projected back to replace branch i's CLS. All branches
+    read the same pre-fusion states."""
+
+    def __init__(self, config: CrossViTConfig, drop_path: float) -> None:
+        super().__init__()
+        dims = [b.dim for b in config.branches]
+        n, eps = len(dims), config.layer_norm_eps
+        self.project = nn.ModuleList(projection(dims[i], dims[(i + 1) % n], eps) for i in range(n))
+        self.attend = nn.ModuleList(
+            nn.ModuleList(
+                CrossAttention(dims[(i + 1) % n], config.branches[(i + 1) % n].num_heads, config.qkv_bias,
+                               config.attn_drop_rate, config.drop_rate, drop_path, eps)
+                for _ in range(config.fusion_layers)
+            )
+            for i in range(n)
+        )
+        self.revert = nn.ModuleList(projection(dims[(i + 1) % n], dims[i], eps) for i in range(n))
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        n = len(xs)
+        outs = []
+        for i in range(n):
+            other_patches = xs[(i + 1) % n][:, 1:]
+            agent = self.project[i](xs[i][:, :1])
+            for layer in self.attend[i]:
+                agent = layer(torch.cat([agent, other_patches], dim=1))
+            outs.append(torch.cat([self.revert[i](agent), xs[i][:, 1:]], dim=1))
+        return outs
+
+
+class _CommonWidth(nn.Module):
+    """f^i into and g^i out of the width of the widest branch, shared by the schemes below."""
+
+    def __init__(self, config: CrossViTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        dims = [b.dim for b in config.branches]
+        self.primary = max(range(len(dims)), key=lambda i: dims[i])
+        width, eps = dims[self.primary], config.layer_norm_eps
+        self.width = width
+        self.align = nn.ModuleList(nn.Identity() if d == width else projection(d, width, eps) for d in dims)
+        self.revert = nn.ModuleList(nn.Identity() if d == width else projection(width, d, eps) for d in dims)
+
+
+class AllAttentionFusion(_CommonWidth):
+    """Eq. 2: every token of every branch attends to every other: o = y + MSA(LN(y)) over
+    y = [f^1(x^1) || f^2(x^2) ...]; quadratic in the total number of tokens."""
+
+    def __init__(self, config: CrossViTConfig, drop_path: float) -> None:
+        super().__init__(config, drop_path)
+        heads = config.branches[self.primary].num_heads
+        self.norms = nn.ModuleList(layer_norm(self.width, config.layer_norm_eps) for _ in range(config.fusion_layers))
+        self.attns = nn.ModuleList(
+            SelfAttention(self.width, heads, config.qkv_bias, config.attn_drop_rate, config.drop_rate)
+            for _ in range(config.fusion_layers)
+        )
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        lengths = [x.shape[1] for x in xs]
+        y = torch.cat([align(x) for align, x in zip(self.align, xs)], dim=1)
+        for norm, attn in zip(self.norms, self.attns):
+            y = y + self.drop_path(attn(norm(y)))
+        return [revert(part) for revert, part in zip(self.revert, y.split(lengths, dim=1))]
+
+
+class ClassTokenFusion(_CommonWidth):
+    """Eq. 3: the CLS tokens are summed in the common width; each branch gets the sum back."""
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        shared = torch.stack([align(x[:, :1]) for align, x in zip(self.align, xs)]).sum(0)
+        return [torch.cat([revert(shared), x[:, 1:]], dim=1) for revert, x in zip(self.revert, xs)]
+
+
+class PairwiseFusion(_CommonWidth):
+    """Eq. 4: CLS tokens are summed as in class-token fusion; patch tokens are summed
+    position by position after resampling every grid to the primary branch's grid, then
+    resampled back to each branch's grid."""
+
+    def __init__(self, config: CrossViTConfig, drop_path: float) -> None:
+        super().__init__(config, drop_path)
+        self.grids = [b.grid_size() for b in config.branches]
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        common = self.grids[self.primary]
+        shared_cls = torch.stack([align(x[:, :1]) for align, x in zip(self.align, xs)]).sum(0)
+        shared_patches = torch.stack(
+            [resize_tokens(align(x[:, 1:]), grid, common) for align, x, grid in zip(self.align, xs, self.grids)]
+        ).sum(0)
+        return [
+            torch.cat([revert(shared_cls), revert(resize_tokens(shared_patches, common, grid))], dim=1)
+            for revert, grid in zip(self.revert, self.grids)
+        ]
+
+
+class NoFusion(nn.Module):
+    """The branches never meet; only their logits are averaged."""
+
+    def __init__(self, config: CrossViTConfig, drop_path: float) -> None:
+        super().__init__()
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        return xs
+
+
+FUSION_SCHEMES: dict[str, Callable[[CrossViTConfig, float], nn.Module]] = {
+    "cross_attention": CrossAttentionFusion,
+    "all_attention": AllAttentionFusion,
+    "class_token": ClassTokenFusion,
+    "pairwise": PairwiseFusion,
+    "none": NoFusion,
+}
+
+
+def build_fusion(config: CrossViTConfig, drop_path: float) -> nn.Module:
+    return FUSION_SCHEMES[config.fusion](config, drop_path)

@@ -1,0 +1,1 @@
+"""Tools built on the model: cost counting, the command line's tables and demos."""
