@@ -8,9 +8,9 @@ import sys
 
 from . import __version__
 from .errors import CrossViTError
-from .tools import demo, models_table
+from .tools import demo, inspect_checkpoint, models_table
 
-COMMANDS = [models_table, demo]
+COMMANDS = [models_table, inspect_checkpoint, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

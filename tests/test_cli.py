@@ -1,0 +1,59 @@
+"""The `crossvit` command line."""
+
+import json
+import subprocess
+import sys
+
+import crossvit
+from crossvit.cli import main
+
+from conftest import facts_table
+
+
+def test_models_json_counts_match_the_facts_file(capsys):
+    assert main(["models", "crossvit_1*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    facts = facts_table()
+    assert [r["name"] for r in rows] == crossvit.list_models("crossvit_1*")
+    for row in rows:
+        params, gmacs = facts[row["name"]]
+        assert row["params"] == params and abs(row["gmacs"] / gmacs - 1) < 0.01
+
+
+def test_models_table_shows_paper_numbers_beside_ours(capsys):
+    assert main(["models", "crossvit_9_240"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("crossvit_9_240"))
+    assert line.split() == ["crossvit_9_240", "crossvit_9_224", "3x240x240", "8,553,296", "1.84", "8.6", "1.8",
+                            "73.9", "73.99"]
+
+
+def test_models_with_no_match(capsys):
+    assert main(["models", "resnet*"]) == 1
+    assert "no model matches" in capsys.readouterr().out
+
+
+def test_info_describes_our_checkpoint(tmp_path, capsys):
+    model = crossvit.create_model("crossvit_micro_28")
+    path = crossvit.save_checkpoint(model, tmp_path / "m.safetensors")
+    assert main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layout"] == "crossvit" and info["params"] == sum(p.numel() for p in model.parameters())
+    assert info["config"]["in_chans"] == 1 and info["meta"]["class_names"][0] == "T-shirt/top"
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path):
+    (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    result = subprocess.run([sys.executable, "-m", "crossvit", "info", str(tmp_path / "broken.pth")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("crossvit info: error: checkpoint")
+    assert "broken.pth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "crossvit", "demo", "--output", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "identical logits = True" in result.stdout
+    assert (tmp_path / "crossvit_9_240.safetensors").is_file()
