@@ -21,7 +21,7 @@ test: venv
 
 demo: venv
 	$(BIN)/crossvit models
-	$(BIN)/python -m crossvit.tools.demo
+	$(BIN)/crossvit demo
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

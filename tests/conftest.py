@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 
@@ -6,7 +7,9 @@ import torch
 
 torch.set_num_threads(2)
 
-FACTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "crossvit-facts.md"
+# The spec lies in shared/ beside the checkout; CROSSVIT_FACTS may point elsewhere.
+FACTS = Path(os.environ.get("CROSSVIT_FACTS",
+                            Path(__file__).resolve().parents[2] / "shared" / "reference" / "crossvit-facts.md"))
 
 
 def small_config(**overrides):

@@ -1,12 +1,10 @@
 """Golden outputs: fixed weights and inputs give the logits recorded in tests/golden/.
 
 timm covers the paper's fusion; these files pin down the other schemes and the CLS-free
-variant, which have no outside reference. Regenerate on purpose only:
-CROSSVIT_REGEN_GOLDEN=1 pytest tests/test_golden.py
+variant, which have no outside reference. Regenerate on purpose only: `python tests/test_golden.py` (then review the diff).
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -38,13 +36,12 @@ def _logits(options: dict) -> list[list[float]]:
         return model(x).tolist()
 
 
-def test_regenerate_when_asked():
-    if not os.environ.get("CROSSVIT_REGEN_GOLDEN"):
-        pytest.skip("set CROSSVIT_REGEN_GOLDEN=1 to rewrite the golden file")
-    GOLDEN.write_text(json.dumps({name: _logits(opts) for name, opts in CASES.items()}, indent=1) + "\n")
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_logits_match_the_golden_file(case):
     expected = json.loads(GOLDEN.read_text())[case]
     torch.testing.assert_close(torch.tensor(_logits(CASES[case])), torch.tensor(expected), rtol=1e-4, atol=1e-5)
+
+
+if __name__ == "__main__":
+    GOLDEN.write_text(json.dumps({name: _logits(opts) for name, opts in CASES.items()}, indent=1) + "\n")
+    print(f"rewrote {GOLDEN}")

@@ -92,3 +92,13 @@ def test_model_exports_with_torch_export(small_model):
     x = torch.randn(2, 3, 32, 32)
     program = torch.export.export(small_model, (x,))
     torch.testing.assert_close(program.module()(x), small_model(x))
+
+
+def test_the_model_package_needs_only_torch_and_safetensors():
+    import subprocess
+    import sys
+
+    code = ("import sys, crossvit; m = crossvit.create_model('crossvit_micro_28'); "
+            "print(sorted({n.split('.')[0] for n in sys.modules} & {'timm', 'torchvision', 'PIL'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
