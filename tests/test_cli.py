@@ -51,9 +51,24 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
     assert "broken.pth" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "crossvit", "demo", "--output", str(tmp_path)],
+def test_tour_runs_end_to_end(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "crossvit", "tour", "--output", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "identical logits = True" in result.stdout
     assert (tmp_path / "crossvit_9_240.safetensors").is_file()
+
+
+def test_demo_trains_evaluates_and_continues(tmp_path):
+    from imagegen import make_fashion_mnist
+
+    data = make_fashion_mnist(tmp_path / "fm", train=128, val=40)
+    args = [sys.executable, "-m", "crossvit", "demo", "--data", str(data), "--output", str(tmp_path / "run"),
+            "epochs=1", "data.batch_size=32", "train.threads=1"]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "on 40 images: top-1" in result.stdout
+    for name in ("curves.png", "best.pth", "eval/confusion.png", "eval/eval.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    again = subprocess.run(args, capture_output=True, text=True)  # a finished demo is evaluated again, not retrained
+    assert again.returncode == 0 and "(continuing)" in again.stdout

@@ -8,13 +8,13 @@ import sys
 
 from . import __version__
 from .errors import CrossViTError
-from .tools import demo, inspect_checkpoint, models_table
+from .tools import demo, eval_cmd, inspect_checkpoint, models_table, tour, train_cmd
 
-COMMANDS = [models_table, inspect_checkpoint, demo]
+COMMANDS = [train_cmd, eval_cmd, models_table, inspect_checkpoint, demo, tour]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crossvit", description="CrossViT models: list, build, check.")
+    parser = argparse.ArgumentParser(prog="crossvit", description="CrossViT: train, evaluate and inspect multi-scale vision transformers.")
     parser.add_argument("--version", action="version", version=f"crossvit {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
@@ -24,7 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may come after options (`train fashion_mnist --data X epochs=5`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.run(args)
     except CrossViTError as e:

@@ -39,6 +39,7 @@ class StoredCheckpoint:
     layout: str
     config: CrossViTConfig | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    run_config: dict[str, Any] | None = None  # the training recipe, in checkpoints written by `crossvit train`
 
 
 @dataclass
@@ -110,7 +111,8 @@ def read_checkpoint(path: str | os.PathLike) -> StoredCheckpoint:
     state = strip_wrappers(state)
     layout = layout_of(state)
     config = CrossViTConfig.from_dict(extra["config"]) if "config" in extra else None
-    return StoredCheckpoint(to_our_layout(state), str(path), layout, config, dict(extra.get("meta") or {}))
+    run_config = obj.get("run_config") if isinstance(obj, Mapping) else None
+    return StoredCheckpoint(to_our_layout(state), str(path), layout, config, dict(extra.get("meta") or {}), run_config)
 
 
 # -- fitting into a model -----------------------------------------------------------------

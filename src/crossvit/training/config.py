@@ -1,0 +1,290 @@
+"""The run config shared by `crossvit train`, `eval` and the other commands.
+
+A recipe is a YAML file (see `crossvit/configs/`), optionally naming a `base:` recipe that it
+changes; `KEY=VALUE` arguments change any dotted key. Every key and value is checked here, so
+that a typo is one line naming the key and the valid choices, not a failure an hour later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import CrossViTError
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class ModelSection:
+    name: str | None = "crossvit_micro_28"  # None: rebuild from `checkpoint` (one of ours)
+    pretrained: bool = False  # the published ImageNet weights
+    checkpoint: str | None = None  # start from these weights (ours, the authors' or timm's)
+    img_size: int | None = None  # None: the variant's own
+    drop_path_rate: float = 0.1
+    freeze_backbone: bool = False  # train the heads only (a linear probe)
+    options: dict[str, Any] = field(default_factory=dict)  # any create_model option: fusion, depth, ...
+
+
+@dataclass
+class DataSection:
+    dataset: str = "fashion_mnist"  # fashion_mnist | folder | cifar10 | cifar100
+    path: str | None = None  # None: the dataset's default place
+    batch_size: int = 128  # global: split over the processes, times accum_steps
+    eval_batch_size: int | None = None  # None: twice batch_size
+    workers: int = 0  # loader processes per training process
+    strict: bool = False  # an unreadable image stops the run instead of being skipped
+    limit_train: int | None = None  # use only the first N (shuffled once) training images
+    limit_val: int | None = None
+
+
+@dataclass
+class AugSection:
+    crop: str = "rrc"  # rrc: random resized crop (the paper's) | pad: pad-and-crop for tiny images
+    scale: tuple[float, float] = (0.08, 1.0)  # rrc area range
+    hflip: float = 0.5
+    randaugment: str | None = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec
+    random_erasing: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_switch_prob: float = 0.5
+    smoothing: float = 0.1
+    repeated: int = 1  # repeated augmentation: each image this many times per epoch (3 for CrossViT-18)
+
+
+@dataclass
+class OptimSection:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 5e-4  # at a global batch of lr_base_batch, scaled linearly (0 base batch: absolute)
+    lr_base_batch: int = 512
+    weight_decay: float = 0.05  # never on norms, biases, CLS tokens, position embeddings
+    momentum: float = 0.9  # sgd only
+    clip_grad: float | None = None  # max gradient norm
+    accum_steps: int = 1
+    warmup_epochs: float = 5.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+
+
+@dataclass
+class TrainSection:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: GPU only, with loss scaling)
+    ema: float | None = None  # decay of an exponential moving average of the weights
+    grad_checkpointing: bool = False
+    compile: bool = False
+    threads: int | None = None  # CPU threads per process (None: torch's default)
+    eval_every: int = 1  # epochs
+    checkpoint_minutes: float = 10.0  # also save mid-epoch this often
+    log_every: int = 20  # steps between progress-bar refreshes
+
+
+@dataclass
+class RunConfig:
+    epochs: int = 10
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    aug: AugSection = field(default_factory=AugSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.dataset": ("fashion_mnist", "folder", "cifar10", "cifar100"),
+    "aug.crop": ("rrc", "pad"),
+    "optim.name": ("adamw", "sgd"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+}
+# key: (smallest allowed, whether the bound itself is allowed)
+LOWER_BOUNDS = {
+    "epochs": (1, True), "data.batch_size": (1, True), "data.eval_batch_size": (1, True),
+    "data.workers": (0, True), "data.limit_train": (1, True), "data.limit_val": (1, True),
+    "optim.lr": (0, False), "optim.weight_decay": (0, True), "optim.accum_steps": (1, True),
+    "optim.warmup_epochs": (0, True), "optim.warmup_lr": (0, True), "optim.min_lr": (0, True),
+    "optim.lr_base_batch": (0, True), "optim.clip_grad": (0, False), "aug.repeated": (1, True),
+    "model.drop_path_rate": (0, True), "model.img_size": (1, True), "train.eval_every": (1, True),
+    "train.checkpoint_minutes": (0, False), "train.threads": (1, True), "train.log_every": (1, True),
+}
+PROBABILITIES = ("aug.hflip", "aug.random_erasing", "aug.mixup_switch_prob", "aug.smoothing", "train.ema",
+                 "model.drop_path_rate")
+
+
+# -- reading recipes ----------------------------------------------------------------------
+
+def recipe_path(recipe: str) -> Path:
+    """A recipe file's path, given the path itself or a recipe's name."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    named = RECIPES_DIR / f"{recipe}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(recipe, known, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise CrossViTError(f"no recipe {recipe!r}: not a file, nor a name in {RECIPES_DIR}; {hint}recipes: {', '.join(known)}")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise CrossViTError(f"recipe {path} names itself as a base, through {' -> '.join(map(str, seen))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CrossViTError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CrossViTError(f"recipe {path} must hold a mapping of keys, not {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    if not base_path.suffix:
+        base_path = base_path.with_suffix(".yaml")
+    return _merge(_read_yaml(base_path, (*seen, path)), data)
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> RunConfig:
+    """A checked RunConfig from a recipe (or a dict, e.g. a saved run's), then KEY=VALUE changes."""
+    raw = dict(data or {})
+    if recipe is not None:
+        raw = _read_yaml(recipe_path(recipe))
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        target = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise CrossViTError(f"option {key!r}: {part!r} is not a section")
+        target[leaf] = value
+    return from_dict(raw)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise CrossViTError(f"argument {item!r} is not KEY=VALUE (e.g. epochs=5 optim.lr=1e-3)")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+# -- checking -----------------------------------------------------------------------------
+
+def from_dict(raw: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, raw, "")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise CrossViTError(f"{prefix.rstrip('.') or 'config'} must be a section of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=2)
+            hint = f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
+            raise CrossViTError(f"unknown config key {prefix + key!r}; {hint}valid keys here: "
+                                f"{', '.join(prefix + f for f in fields)}")
+    values = {}
+    for name in fields:
+        if name not in raw:
+            continue
+        key, hint = prefix + name, hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], key + ".")
+        else:
+            values[name] = _check_value(key, raw[name], hint)
+    return cls(**values)
+
+
+def _check_value(key: str, given: Any, hint: Any) -> Any:
+    value = _coerce(key, given, hint)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise CrossViTError(f"{key}={given!r} is not one of {', '.join(CHOICES[key])}")
+    if value is not None and key in LOWER_BOUNDS:
+        low, inclusive = LOWER_BOUNDS[key]
+        if value < low or (value == low and not inclusive):
+            raise CrossViTError(f"{key}={given!r} must be {'>=' if inclusive else '>'} {low}")
+    if value is not None and key in PROBABILITIES and not 0 <= value <= 1:
+        raise CrossViTError(f"{key}={given!r} must be between 0 and 1")
+    return value
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """`value` as the annotated type, or a one-line error naming the key."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise CrossViTError(f"{key} takes {len(args)} values like [0.08, 1.0], got {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise CrossViTError(f"{key} takes a mapping like {{fusion: pairwise}}, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise CrossViTError(f"{key}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, so that the YAML is readable by safe_load."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

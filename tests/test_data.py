@@ -1,0 +1,158 @@
+"""Datasets, transforms and loaders: real Fashion-MNIST statistics, robust image folders,
+reproducible augmentation and sharding."""
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import crossvit
+from crossvit import CrossViTError
+from crossvit import data as D
+from crossvit.data.fashion_mnist import DEFAULT_ROOT, FashionMNIST
+from crossvit.data.folders import BadSample, ImageFolder
+from crossvit.data.images import load_image
+from crossvit.training.config import load_config
+
+from imagegen import make_fashion_mnist, make_folder_dataset
+
+
+@pytest.mark.skipif(not Path(DEFAULT_ROOT).is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_has_its_known_statistics():
+    train, test = FashionMNIST(None, "train"), FashionMNIST(None, "val")
+    assert (len(train), len(test)) == (60000, 10000)
+    assert train.images.shape[1:] == (28, 28)
+    assert torch.bincount(train.labels).tolist() == [6000] * 10  # perfectly balanced
+    mean, std = train.images.mean() / 255, train.images.std() / 255
+    assert abs(mean - 0.2860) < 1e-3 and abs(std - 0.3530) < 1e-3  # the registry's normalisation
+    meta = crossvit.get_variant("crossvit_micro_28").meta
+    assert meta.mean == (0.2860,) and meta.std == (0.3530,)
+
+
+def test_fashion_mnist_files_missing_or_corrupt(tmp_path):
+    with pytest.raises(CrossViTError, match="apt-get install dataset-fashion-mnist"):
+        FashionMNIST(tmp_path, "train")
+    root = make_fashion_mnist(tmp_path / "f")
+    (root / "train-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    with pytest.raises(CrossViTError, match="train-images-idx3-ubyte.gz is unreadable"):
+        FashionMNIST(root, "train")
+
+
+def test_generated_fashion_mnist_reads_back(tmp_path):
+    ds = FashionMNIST(make_fashion_mnist(tmp_path), "val")
+    image, label = ds[13]
+    assert image.size == (28, 28) and image.mode == "L" and label == 3
+    assert np.asarray(image)[label * 2 + 1, 10] == 230
+
+
+# -- image folders ------------------------------------------------------------------------
+
+def _hostile_folder(root: Path) -> Path:
+    make_folder_dataset(root, classes=2, train_per_class=4, val_per_class=2)
+    bad = root / "train" / "class_0"
+    (bad / "zero.png").write_bytes(b"")
+    good = (root / "train" / "class_1" / "0000.png").read_bytes()
+    (bad / "truncated.png").write_bytes(good[: len(good) // 3])
+    (bad / "not_an_image.jpg").write_text("hello")
+    Image.new("CMYK", (40, 30), (10, 200, 30, 0)).save(bad / "cmyk.jpg")
+    Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)).save(bad / "grey16.png")
+    Image.new("P", (32, 32), 3).save(bad / "palette.png")
+    Image.new("RGBA", (32, 32), (1, 2, 3, 100)).save(bad / "alpha.png")
+    os.symlink(root / "train", bad / "loop")  # a folder symlink that would loop forever if followed
+    os.symlink(bad / "missing.png", bad / "dangling.png")
+    return root
+
+
+def test_hostile_files_are_skipped_and_named(tmp_path):
+    root = _hostile_folder(tmp_path)
+    ds = ImageFolder(root / "train", ["class_0", "class_1"], "RGB")
+    results = {Path(ds.samples[i][0]).name: ds[i][0] for i in range(len(ds))}
+    for name in ("zero.png", "truncated.png", "not_an_image.jpg", "dangling.png"):
+        assert isinstance(results[name], BadSample), name
+        assert name in results[name].path
+    for name in ("cmyk.jpg", "grey16.png", "palette.png", "alpha.png", "0000.png"):
+        assert isinstance(results[name], Image.Image) and results[name].mode == "RGB", name
+    assert not any("loop" in p for p, _ in ds.samples)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "g.png")
+    assert np.asarray(load_image(str(tmp_path / "g.png"), "L")).max() == 40000 // 256
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    Image.new("L", (1, 1)).save(tmp_path / "small.png")
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 100  # the same guard as for a real 100-megapixel bomb, at a small size
+    try:
+        Image.new("L", (20, 20)).save(tmp_path / "bomb.png")
+        with pytest.raises((Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            load_image(str(tmp_path / "bomb.png"))
+        load_image(str(tmp_path / "small.png"))
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def test_folder_layout_errors(tmp_path, caplog):
+    with pytest.raises(CrossViTError, match="does not exist"):
+        ImageFolder(tmp_path / "nope", ["a"])
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.png").write_bytes(b"")
+    with pytest.raises(CrossViTError, match="no class sub-folders"):
+        ImageFolder(tmp_path / "flat", ["a"])
+    root = make_folder_dataset(tmp_path / "ds", classes=3)
+    (root / "val" / "class_9").mkdir()
+    with pytest.raises(CrossViTError, match=r"classes the training split lacks: \['class_9'\]"):
+        ImageFolder(root / "val", ["class_0", "class_1", "class_2"])
+    (root / "val" / "class_9").rmdir()
+    for f in (root / "val" / "class_1").iterdir():
+        f.unlink()
+    with caplog.at_level(logging.WARNING, logger="crossvit"):
+        ds = ImageFolder(root / "val", ["class_0", "class_1", "class_2"])
+    assert "no images for class(es) class_1" in caplog.text and len(ds) == 16
+    empty = tmp_path / "empty" / "a"
+    empty.mkdir(parents=True)
+    with pytest.raises(CrossViTError, match="holds no images"):
+        ImageFolder(tmp_path / "empty", ["a"])
+
+
+# -- reproducible augmentation and sharding ------------------------------------------------
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
+    config = load_config("fashion_mnist", [f"data.path={make_fashion_mnist(tmp_path)}", "aug.randaugment=rand-m9-mstd0.5",
+                                           "aug.random_erasing=0.5"])
+    meta = crossvit.get_variant("crossvit_micro_28").meta
+    ds = D.build_dataset(config.data, "train", meta, config.aug, seed=7)
+    first = [ds[i][0] for i in (5, 3, 5)]
+    assert torch.equal(first[0], first[2])  # same index, same epoch: same augmentation, whatever came between
+    ds.set_epoch(1)
+    assert not torch.equal(ds[5][0], first[0])
+
+
+def test_processes_share_one_global_order():
+    one = [b.images.tolist() for b in D.train_loader(_Indexed(40), 8, 0, 0, 1, seed=3)]
+    ranks = [[b.images.tolist() for b in D.train_loader(_Indexed(40), 4, 0, r, 2, seed=3)] for r in (0, 1)]
+    for step, batch in enumerate(one):
+        assert sorted(batch) == sorted(ranks[0][step] + ranks[1][step])
+    skipped = [b.images.tolist() for b in D.train_loader(_Indexed(40), 8, 0, 0, 1, seed=3, skip_batches=2)]
+    assert skipped == one[2:]
+
+
+def test_evaluation_counts_every_sample_once():
+    seen = sorted(x for r in range(3) for b in D.eval_loader(_Indexed(10), 4, 0, r, 3) for x in b.images.tolist())
+    assert seen == list(range(10))
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.tensor(i), 0

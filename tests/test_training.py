@@ -1,0 +1,225 @@
+"""Training end to end on generated data: results, files, resumption, faults, DDP, fine-tuning."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import crossvit
+from crossvit import CrossViTError
+from crossvit.cli import main
+from crossvit.training.config import load_config
+from crossvit.training.trainer import train
+
+from imagegen import make_folder_dataset
+
+TINY = ["model.name=crossvit_micro_32", "model.drop_path_rate=0",
+        "model.options={dim: [32, 64], num_heads: [2, 2], depth: [1, 1], num_encoders: 2, mlp_ratio: 2}"]
+PLAIN = ["aug.crop=pad", "aug.randaugment=null", "aug.random_erasing=0", "aug.mixup=0", "aug.cutmix=0",
+         "aug.smoothing=0", "aug.hflip=0"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder_dataset(tmp_path_factory.mktemp("data"), classes=3, train_per_class=16, val_per_class=8)
+
+
+def _config(folder, *extra):
+    return load_config("small_folder", [f"data.path={folder}", *TINY, "data.batch_size=8", "epochs=2",
+                                        "optim.warmup_epochs=0", "optim.lr=3e-3", "optim.lr_base_batch=0",
+                                        "train.threads=1", *extra])
+
+
+def _weights(path):
+    return crossvit.read_checkpoint(path).state
+
+
+def _assert_same_weights(a, b, atol=0.0):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
+
+
+def test_trains_writes_its_files_and_learns(folder, tmp_path):
+    result = train(_config(folder, "epochs=4", *PLAIN), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "last.pth", "best.pth"):
+        assert (run / name).is_file(), name
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert result.final.top1 > 80  # three colours: far above the 33% of chance
+    assert len(result.final.branch_top1) == 2 and result.final.samples == 24
+    # The resolved config is saved and rebuilds the same run config.
+    assert load_config(str(run / "config.yaml")) == _config(folder, "epochs=4", *PLAIN)
+    # best.pth is a model checkpoint that rebuilds itself, with its class names.
+    model = crossvit.create_model(checkpoint=run / "best.pth")
+    assert model.meta.class_names == ("class_0", "class_1", "class_2")
+    best = max(m["val_top1"] for m in metrics)
+    assert result.best_top1 == best
+
+
+def test_eval_command_reproduces_the_training_metrics(folder, tmp_path, capsys):
+    train(_config(folder, *PLAIN), tmp_path / "run")
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    capsys.readouterr()  # the training's own output
+    assert main(["eval", str(tmp_path / "run" / "last.pth"), "--json", "--output", str(tmp_path / "ev")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["top1"] == pytest.approx(last["val_top1"]) and report["samples"] == 24
+    assert report["branch_top1"] == pytest.approx(last["val_branch_top1"])
+    assert sum(map(sum, report["confusion"])) == 24
+    assert (tmp_path / "ev" / "confusion.png").stat().st_size > 1000
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_weights(folder, tmp_path):
+    """With the paper's augmentation on, a run stopped mid-epoch and resumed ends where a run
+    that was never stopped ends, bit for bit."""
+    aug = ["aug.crop=rrc", "aug.randaugment=rand-m9-mstd0.5-inc1", "aug.mixup=0.8", "aug.cutmix=1.0",
+           "model.drop_path_rate=0.1", "train.ema=0.9"]
+    train(_config(folder, *aug), tmp_path / "straight")
+
+    config = _config(folder, *aug)
+    calls = {"n": 0}
+
+    from crossvit.training import trainer
+
+    real = trainer.StopSignals
+
+    class StopAtStep7(real):  # as if SIGTERM arrived during step 7 (of 12)
+        @property
+        def requested(self):
+            calls["n"] += 1
+            return calls["n"] == 7
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    trainer.StopSignals = StopAtStep7
+    try:
+        stopped = train(config, tmp_path / "resumed")
+    finally:
+        trainer.StopSignals = real
+    assert stopped.interrupted
+    progress = torch.load(tmp_path / "resumed" / "last.pth", weights_only=True)["progress"]
+    assert (progress["epoch"], progress["step_in_epoch"]) == (1, 1)
+    train(config, tmp_path / "resumed", resume=True)
+    _assert_same_weights(tmp_path / "straight" / "last.pth", tmp_path / "resumed" / "last.pth")
+
+
+def test_killed_process_resumes_from_its_last_checkpoint(folder, tmp_path):
+    """SIGKILL at a random moment (checkpoints every step, so also during writes): the run
+    resumes from the file that survived and ends as if never killed."""
+    run = tmp_path / "run"
+    args = ["small_folder", f"data.path={folder}", *TINY, *PLAIN, "data.batch_size=8", "epochs=2",
+            "optim.warmup_epochs=0", "train.threads=1", "train.checkpoint_minutes=1e-6"]
+    train(load_config(args[0], args[1:]), tmp_path / "straight")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "crossvit", "train", *args, "--output", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "last.pth").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert main(["train", *args, "--output", str(run), "--resume"]) == 0
+    _assert_same_weights(tmp_path / "straight" / "last.pth", run / "last.pth")
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_path, monkeypatch):
+    train(_config(folder, *PLAIN, "epochs=1"), tmp_path / "run")
+    before = (tmp_path / "run" / "last.pth").read_bytes()
+    real = torch.nn.CrossEntropyLoss.forward
+    steps = {"n": 0}
+
+    def poisoned(self, logits, targets):
+        steps["n"] += 1
+        loss = real(self, logits, targets)
+        return loss * float("nan") if steps["n"] == 3 else loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    with pytest.raises(CrossViTError, match=r"loss became nan at epoch 2, step 3.*last good state.*is kept"):
+        train(_config(folder, *PLAIN, "epochs=3"), tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "last.pth").read_bytes() == before
+
+
+def test_unreadable_images_are_skipped_and_counted(folder, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    (data / "train" / "class_0" / "broken.png").write_bytes(b"\x89PNG broken")
+    (data / "val" / "class_1" / "empty.jpg").write_bytes(b"")
+    result = train(_config(data, *PLAIN, "epochs=1"), tmp_path / "run")
+    assert result.bad_files == 2 and result.final.samples == 24
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["bad_files"] == 2
+    with pytest.raises(CrossViTError, match=r"unreadable image .*(broken.png|empty.jpg).*data.strict=false"):
+        train(_config(data, *PLAIN, "epochs=1", "data.strict=true"), tmp_path / "strict")
+
+
+def test_gradient_accumulation_matches_the_full_batch(folder, tmp_path):
+    # SGD: AdamW would magnify float rounding in gradients that are zero in exact arithmetic
+    # (attention key biases), which is no difference in what accumulation computes.
+    train(_config(folder, *PLAIN, "epochs=1", "optim.name=sgd"), tmp_path / "full")
+    train(_config(folder, *PLAIN, "epochs=1", "optim.name=sgd", "optim.accum_steps=2"), tmp_path / "accum")
+    _assert_same_weights(tmp_path / "full" / "last.pth", tmp_path / "accum" / "last.pth", atol=1e-5)
+
+
+def test_two_processes_match_one(folder, tmp_path):
+    """torchrun --nproc_per_node=2 (gloo on CPU) gives one process's result for the same global batch."""
+    args = ["small_folder", f"data.path={folder}", *TINY, *PLAIN, "data.batch_size=8", "epochs=2",
+            "optim.warmup_epochs=0", "train.threads=1", "optim.clip_grad=1.0", "optim.name=sgd", "optim.lr=0.05"]
+    train(load_config(args[0], args[1:]), tmp_path / "one")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "crossvit", "train", *args, "--output", str(tmp_path / "two")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _assert_same_weights(tmp_path / "one" / "last.pth", tmp_path / "two" / "last.pth", atol=1e-5)
+    one = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
+    two = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert two["val_samples"] == one["val_samples"] == 24
+    assert two["val_top1"] == pytest.approx(one["val_top1"])
+
+
+def test_fine_tune_to_new_classes_and_size_with_a_frozen_backbone(folder, tmp_path):
+    train(_config(folder, *PLAIN, "epochs=1"), tmp_path / "src")
+    four = make_folder_dataset(tmp_path / "four", classes=4, train_per_class=8, val_per_class=4, size=40)
+    config = load_config("small_folder", [f"data.path={four}", "model.name=null",
+                                          f"model.checkpoint={tmp_path / 'src' / 'best.pth'}", "model.img_size=40",
+                                          "model.freeze_backbone=true", *PLAIN, "data.batch_size=8", "epochs=1",
+                                          "train.threads=1"])
+    train(config, tmp_path / "tuned")
+    before, after = _weights(tmp_path / "src" / "best.pth"), _weights(tmp_path / "tuned" / "last.pth")
+    assert after["heads.0.weight"].shape[0] == 4
+    assert torch.equal(before["encoders.1.fusion.attend.0.0.q.weight"], after["encoders.1.fusion.attend.0.0.q.weight"])
+    assert after["pos_embeds.0"].shape[1] == 1 + 10 * 10  # 40 px in 4 px patches
+
+
+def test_bf16_autocast_trains_on_cpu(folder, tmp_path):
+    result = train(_config(folder, *PLAIN, "epochs=1", "train.precision=bf16"), tmp_path / "run")
+    assert result.final is not None and result.final.loss == result.final.loss  # finite, not NaN
+
+
+def test_cli_errors_are_one_line(folder, tmp_path):
+    for args, message in (
+        (["train", "small_folder", "--data", str(tmp_path / "missing")], "dataset folder .*missing does not exist"),
+        (["train", "small_folder", f"--data={folder}", "optim.lr=-1"], "optim.lr=-1 must be > 0"),
+        (["train", "small_folder", f"--data={folder}", "model.name=crossvit_99"], "unknown model 'crossvit_99'"),
+        (["train", "small_folder", "--output", str(tmp_path / "none"), "--resume"], "nothing to resume"),
+        (["train", "fashion_mnist", "--data", str(tmp_path)], "Fashion-MNIST not found.*apt-get install"),
+    ):
+        result = subprocess.run([sys.executable, "-m", "crossvit", *args], capture_output=True, text=True)
+        assert result.returncode == 2, (args, result.stderr[-500:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("crossvit train: error:"), result.stderr[-500:]
+        import re
+        assert re.search(message, lines[0]), lines[0]
