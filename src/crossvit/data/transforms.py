@@ -1,7 +1,8 @@
 """Training and evaluation transforms, from the model's metadata and the recipe's augmentation.
 
 The paper's pipeline (random resized crop, flip, RandAugment, random erasing) comes from timm;
-`crop: pad` swaps the resized crop for pad-and-crop, which suits 28-32 px images better.
+`crop: pad` swaps the resized crop for pad-and-crop, which suits 28-32 px images better, and
+`crop: none` only resizes (flips and the rest still apply), for short runs on small images.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def train_transform(meta: ModelMeta, aug: AugSection):
             re_prob=aug.random_erasing, re_mode="pixel", re_count=1,
         )
     size = meta.input_size[-1]
-    steps = [T.RandomCrop(size, padding=max(1, size // 8)), T.RandomHorizontalFlip(aug.hflip)]
+    crop = T.RandomCrop(size, padding=max(1, size // 8)) if aug.crop == "pad" else T.Resize((size, size))
+    steps = [crop, T.RandomHorizontalFlip(aug.hflip)]
     if aug.randaugment:
         fill = tuple(round(255 * m) for m in meta.mean)
         steps.append(rand_augment_transform(aug.randaugment, {"img_mean": fill if len(fill) > 1 else fill[0]}))

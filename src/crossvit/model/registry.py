@@ -111,13 +111,15 @@ def _small(name: str, size: int, in_chans: int, patches: tuple[int, int], mean: 
            std: tuple[float, ...], class_names: tuple[str, ...]) -> None:
     """A CrossViT for 28-32 px images that trains in minutes on two CPU cores.
 
-    Patch sizes: 4 px in the S-branch (a 7x7 or 8x8 grid) and 7-8 px in the L-branch (4x4),
-    the paper's pairing of a fine branch and a coarse one at this scale; 2 px patches would
-    quadruple the tokens and the attention cost. The linear tokenizer: on Fashion-MNIST the
-    three-convolution one learned slower (51% against 75% after the same 100 steps). Widths
-    64 / 128 with 32-dim heads, as in the paper's branches, keep the matmuls big enough to use
-    the CPU well; the L-branch is deeper (K=3, N=1, M=2), as in the paper, since it carries most
-    of the classification.
+    Patch sizes: 4 px in the S-branch (a 7x7 or 8x8 grid: the fine detail) and half the image
+    in the L-branch (a 2x2 grid: the coarse view), the paper's pairing of a fine, narrow branch
+    and a coarse, wide one, pushed to the scale of these images. On Fashion-MNIST, with the
+    same samples seen, L patches of 14 px learned as well as 7 px ones (82.6% against 77-79%
+    after 38k images) at almost twice the speed, which buys twice the epochs. 2 px S patches
+    would quadruple the tokens. The linear tokenizer: the three-convolution one learned slower
+    (51% against 75% after 100 steps). Widths 64 / 128 with 32-dim heads, as in the paper's
+    branches, keep the matmuls big enough to use the CPU well; the L-branch is deeper
+    (K=3, N=1, M=2), as in the paper.
     """
     config = CrossViTConfig(
         branches=(
@@ -136,8 +138,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # Fashion-MNIST statistics over its 60k training images; CIFAR-10's over its 50k.
-_small("crossvit_micro_28", 28, 1, (4, 7), (0.2860,), (0.3530,), FASHION_MNIST_CLASSES)
-_small("crossvit_micro_32", 32, 3, (4, 8), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), CIFAR10_CLASSES)
+_small("crossvit_micro_28", 28, 1, (4, 14), (0.2860,), (0.3530,), FASHION_MNIST_CLASSES)
+_small("crossvit_micro_32", 32, 3, (4, 16), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), CIFAR10_CLASSES)
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -47,7 +47,7 @@ class DataSection:
 
 @dataclass
 class AugSection:
-    crop: str = "rrc"  # rrc: random resized crop (the paper's) | pad: pad-and-crop for tiny images
+    crop: str = "rrc"  # rrc: random resized crop (the paper's) | pad: pad-and-crop for tiny images | none
     scale: tuple[float, float] = (0.08, 1.0)  # rrc area range
     hflip: float = 0.5
     randaugment: str | None = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec
@@ -102,7 +102,7 @@ class RunConfig:
 
 CHOICES = {
     "data.dataset": ("fashion_mnist", "folder", "cifar10", "cifar100"),
-    "aug.crop": ("rrc", "pad"),
+    "aug.crop": ("rrc", "pad", "none"),
     "optim.name": ("adamw", "sgd"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16", "fp16"),
