@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -221,5 +222,4 @@ def test_cli_errors_are_one_line(folder, tmp_path):
         assert result.returncode == 2, (args, result.stderr[-500:])
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("crossvit train: error:"), result.stderr[-500:]
-        import re
         assert re.search(message, lines[0]), lines[0]

@@ -53,8 +53,8 @@ class LoadReport:
 
 # -- reading ------------------------------------------------------------------------------
 
-def _read_raw(path: Path) -> tuple[Any, dict[str, str]]:
-    """The file's object and its safetensors metadata (empty for .pth files)."""
+def read_raw(path: Path) -> tuple[Any, dict[str, str]]:
+    """Safely read a checkpoint file: the file's object and its safetensors metadata (empty for .pth files)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
     with path.open("rb") as f:
@@ -101,7 +101,7 @@ def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor], dict[str,
 def read_checkpoint(path: str | os.PathLike) -> StoredCheckpoint:
     """Read any supported checkpoint file into our layout, refusing non-finite weights."""
     path = Path(path)
-    obj, st_meta = _read_raw(path)
+    obj, st_meta = read_raw(path)
     state, extra = _find_state_dict(obj, path)
     if st_meta.get("format") == FORMAT_TAG:
         extra = {"config": json.loads(st_meta["config"]), "meta": json.loads(st_meta.get("meta", "{}"))}

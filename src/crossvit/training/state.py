@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..model.checkpoint import FORMAT_TAG, _read_raw, atomic_write
+from ..model.checkpoint import FORMAT_TAG, read_raw, atomic_write
 
 
 def model_record(model: torch.nn.Module) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def save_state(path: Path, model: torch.nn.Module, weights: dict[str, torch.Tens
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    obj, _ = _read_raw(path)
+    obj, _ = read_raw(path)
     if not isinstance(obj, dict) or "progress" not in obj or "optimizer" not in obj:
         raise CheckpointError(f"{path} is not a training checkpoint of crossvit (no optimizer or progress saved)")
     return obj
