@@ -7,7 +7,7 @@ import torch
 import crossvit
 from crossvit.model.config import FUSIONS
 from crossvit.model.fusion import FUSION_SCHEMES
-from crossvit.tools.models_table import CrossViT
+from crossvit import CrossViT
 from crossvit.tools.flops import count_macs
 
 from conftest import small_config

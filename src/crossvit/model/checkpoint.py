@@ -217,21 +217,27 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
-    """Save weights with the model's config (and metadata: name, preprocessing, class names),
-    as safetensors unless the name ends in .pth / .pt; `create_model(checkpoint=path)` rebuilds it."""
-    path = Path(path)
+def model_record(model: nn.Module, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What rebuilds the model from a file alone: its config and metadata (plus `meta`)."""
     config = model.config.to_dict()
     config["num_classes"] = model.num_classes  # reset_classifier may have changed it
     info = dict(model.meta.to_dict() if getattr(model, "meta", None) is not None else {})
     info.update(meta or {})
+    return {"config": config, "meta": info}
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
+    """Save weights with the model's config (and metadata: name, preprocessing, class names),
+    as safetensors unless the name ends in .pth / .pt; `create_model(checkpoint=path)` rebuilds it."""
+    path = Path(path)
+    record = model_record(model, meta)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if path.suffix in (".pth", ".pt"):
-        payload = {"state_dict": state, FORMAT_TAG: {"config": config, "meta": info}}
+        payload = {"state_dict": state, FORMAT_TAG: record}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     else:
         from safetensors.torch import save_file
 
-        header = {"format": FORMAT_TAG, "config": json.dumps(config), "meta": json.dumps(info)}
+        header = {"format": FORMAT_TAG, "config": json.dumps(record["config"]), "meta": json.dumps(record["meta"])}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=header))
     return path

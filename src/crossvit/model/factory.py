@@ -19,7 +19,7 @@ def create_model(
     *,
     pretrained: bool = False,
     pretrained_url: str | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | StoredCheckpoint | None = None,
     num_classes: int | None = None,
     img_size: int | None = None,
     in_chans: int | None = None,
@@ -39,7 +39,7 @@ def create_model(
     """
     stored: StoredCheckpoint | None = None
     if checkpoint is not None:
-        stored = read_checkpoint(checkpoint)
+        stored = checkpoint if isinstance(checkpoint, StoredCheckpoint) else read_checkpoint(checkpoint)
     if name is not None:
         variant = get_variant(name)
         config, meta = variant.config, variant.meta
@@ -48,7 +48,7 @@ def create_model(
         meta = ModelMeta.from_dict(stored.meta) if stored.meta.get("name") else _plain_meta("crossvit_custom", config)
     elif stored is not None:
         raise CrossViTError(
-            f"checkpoint {checkpoint} is in the {stored.layout} layout, which does not record the architecture; "
+            f"checkpoint {stored.origin} is in the {stored.layout} layout, which does not record the architecture; "
             "pass the model name too, e.g. create_model('crossvit_9_240', checkpoint=...)"
         )
     else:

@@ -39,8 +39,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
     from ..training.plots import plot_confusion
 
     stored = read_checkpoint(checkpoint)
-    model = create_model(model_name, checkpoint=stored.origin) if model_name or stored.config is None \
-        else create_model(checkpoint=stored.origin)
+    model = create_model(model_name, checkpoint=stored)  # the file is read once
     trained_on = load_config(data=stored.run_config).data if stored.run_config else None
     data_cfg = load_config(data={"data": {
         "dataset": dataset or (trained_on.dataset if trained_on else "folder"),

@@ -110,7 +110,8 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps
                 loss = sum(p.sum() * 0 for p in model.parameters() if p.requires_grad)
             scaled = loss / ctx.accum_steps
             (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
-        stats.loss_sum += loss.item() * len(images)
+        loss_value = loss.item()  # one device sync per micro-batch
+        stats.loss_sum += loss_value * len(images)
         stats.samples += len(images)
         micro += 1
         if not boundary:
@@ -118,11 +119,11 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps
         micro = 0
         # One agreement per step: is every loss finite, does any process want a save, or to stop?
         save, stop = requests()
-        flags = all_sum(torch.tensor([float(math.isfinite(loss.item())), float(save), float(stop)],
+        flags = all_sum(torch.tensor([float(math.isfinite(loss_value)), float(save), float(stop)],
                                      device=world.device), world).tolist()
         if flags[0] < world.size:
             ctx.optimizer.zero_grad(set_to_none=True)
-            raise LossDiverged(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            raise LossDiverged(f"the training loss became {loss_value} at epoch {epoch + 1}, step {step + 1}")
         if ctx.clip_grad:
             if ctx.scaler:
                 ctx.scaler.unscale_(ctx.optimizer)
@@ -139,7 +140,7 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps
             ctx.ema.update(model, step=global_step)
         step += 1
         stats.steps += 1
-        stats.seconds = time.perf_counter() - start
+        stats.seconds = time.perf_counter() - start  # on_step reports img/s
         stopping = bool(flags[2] > 0)
         on_step(step, stats, stopping or bool(flags[1] > 0))
         if stopping:

@@ -9,14 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..model.checkpoint import FORMAT_TAG, read_raw, atomic_write
-
-
-def model_record(model: torch.nn.Module) -> dict[str, Any]:
-    """What rebuilds the model from the file alone: its config and metadata."""
-    config = model.config.to_dict()
-    config["num_classes"] = model.num_classes
-    return {"config": config, "meta": model.meta.to_dict() if model.meta is not None else {}}
+from ..model.checkpoint import FORMAT_TAG, atomic_write, model_record, read_raw
 
 
 def save_state(path: Path, model: torch.nn.Module, weights: dict[str, torch.Tensor], **parts: Any) -> None:
