@@ -93,6 +93,15 @@ class CrossViT(nn.Module):
         """Recompute each encoder in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
+    def keep_attention(self, enable: bool = True) -> None:
+        """Make every attention layer compute its weights explicitly and keep the last ones in
+        its `.attention` (B, heads, queries, keys): the self-attention of each block
+        (`encoders[k].branches[b][j].attn`) and the fusion's (`encoders[k].fusion`)."""
+        for module in self.modules():
+            if hasattr(module, "keep_attention") and not callable(module.keep_attention):
+                module.keep_attention = enable
+                module.attention = None
+
     def get_classifier(self) -> nn.ModuleList:
         return self.heads
 

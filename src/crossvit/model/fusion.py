@@ -16,11 +16,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import CrossViTConfig
-from .layers import DropPath, SelfAttention, layer_norm, merge_heads, projection, resize_tokens, split_heads
+from .layers import DropPath, SelfAttention, attend, layer_norm, merge_heads, projection, resize_tokens, split_heads
 
 
 class CrossAttention(nn.Module):
@@ -31,6 +30,8 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.attn_drop = attn_drop
+        self.keep_attention = False
+        self.attention: Tensor | None = None
         self.norm = layer_norm(dim, eps)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.k = nn.Linear(dim, dim, bias=qkv_bias)
@@ -44,8 +45,7 @@ class CrossAttention(nn.Module):
         q = split_heads(self.q(normed[:, :1]), self.num_heads)
         k = split_heads(self.k(normed), self.num_heads)
         v = split_heads(self.v(normed), self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return x[:, :1] + self.drop_path(self.proj_drop(self.proj(merge_heads(out))))
+        return x[:, :1] + self.drop_path(self.proj_drop(self.proj(merge_heads(attend(self, q, k, v)))))
 
 
 class CrossAttentionFusion(nn.Module):

@@ -55,11 +55,24 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+def attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Scaled dot-product attention of (B, heads, N, D) tensors. The fused kernel, unless
+    `module.keep_attention` is set: then the weights are computed explicitly and kept in
+    `module.attention` (B, heads, Nq, Nk) for visualisation."""
+    if module.keep_attention:
+        weights = (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
+        module.attention = weights.detach()
+        return weights @ v
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=module.attn_drop if module.training else 0.0)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.attn_drop = attn_drop
+        self.keep_attention = False
+        self.attention: Tensor | None = None
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -67,8 +80,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(merge_heads(out)))
+        return self.proj_drop(self.proj(merge_heads(attend(self, q, k, v))))
 
 
 class Block(nn.Module):
