@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 from ..errors import CrossViTError
 from .config import CrossViTConfig
 from .fusion import build_fusion
-from .layers import Block, Tokenizer, init_weights, layer_norm
+from .layers import Block, Tokenizer, init_weights, layer_norm, run_linear
 
 
 class MultiScaleEncoder(nn.Module):
@@ -161,7 +161,7 @@ class CrossViT(nn.Module):
 
     def branch_logits(self, xs: list[Tensor]) -> list[Tensor]:
         """Logits of each branch's head alone (the paper's Table 6 reports them)."""
-        return [head(self.head_drop(p)) for head, p in zip(self.heads, self.pool(xs))]
+        return [run_linear(head, self.head_drop(p)) for head, p in zip(self.heads, self.pool(xs))]
 
     def forward_head(self, xs: list[Tensor], pre_logits: bool = False) -> Tensor:
         if pre_logits or self.num_classes == 0:

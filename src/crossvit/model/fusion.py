@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import CrossViTConfig
-from .layers import DropPath, SelfAttention, attend, layer_norm, merge_heads, projection, resize_tokens, split_heads
+from .layers import DropPath, SelfAttention, attend, layer_norm, merge_heads, projection, resize_tokens, run_linear, split_heads
 
 
 class CrossAttention(nn.Module):
@@ -42,10 +42,10 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         normed = self.norm(x)
-        q = split_heads(self.q(normed[:, :1]), self.num_heads)
-        k = split_heads(self.k(normed), self.num_heads)
-        v = split_heads(self.v(normed), self.num_heads)
-        return x[:, :1] + self.drop_path(self.proj_drop(self.proj(merge_heads(attend(self, q, k, v)))))
+        q = split_heads(run_linear(self.q, normed[:, :1]), self.num_heads)
+        k = split_heads(run_linear(self.k, normed), self.num_heads)
+        v = split_heads(run_linear(self.v, normed), self.num_heads)
+        return x[:, :1] + self.drop_path(self.proj_drop(run_linear(self.proj, merge_heads(attend(self, q, k, v)))))
 
 
 class CrossAttentionFusion(nn.Module):

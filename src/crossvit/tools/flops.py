@@ -1,8 +1,9 @@
 """Counting a model's multiply-accumulates (the paper's "FLOPs") on the real network.
 
 torch's FlopCounterMode counts 2 FLOPs per MAC, and has no formula for the fused CPU
-attention kernel that F.scaled_dot_product_attention dispatches to, so it would silently
-leave out the attention matmuls; we register that formula here.
+attention kernel that F.scaled_dot_product_attention dispatches to, nor for oneDNN's fused
+linear that our inference path uses, so it would silently leave out those matmuls; we
+register both formulas here.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_s
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _onednn_linear_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    rows = 1
+    for d in input_shape[:-1]:
+        rows *= d
+    return 2 * rows * weight_shape[0] * weight_shape[1]
+
+
 _EXTRA_FORMULAS = {}
 if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _EXTRA_FORMULAS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_attention_flops
+if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    _EXTRA_FORMULAS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
 
 
 def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:

@@ -1,0 +1,148 @@
+"""The fused CPU inference path (oneDNN linear with bias and GELU inside) gives the outputs of
+the plain PyTorch path, and steps aside wherever it must: gradients, tracing, other modules."""
+
+import pytest
+import torch
+from torch import nn
+
+import crossvit
+from crossvit.model import layers
+from crossvit.tools.flops import count_macs
+
+pytestmark = pytest.mark.skipif(not layers._ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
+
+
+@pytest.fixture
+def plain_path(monkeypatch):
+    """Switch the fused kernel off, to get the reference outputs."""
+    def off():
+        monkeypatch.setattr(layers, "_ONEDNN_LINEAR", False)
+    return off
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    model = crossvit.create_model("crossvit_micro_32", **overrides).eval()
+    with torch.no_grad():  # perturb every tensor so that no bias or norm hides
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "all_attention", "pairwise"])
+def test_fused_path_equals_plain_path_in_fp32(fusion, plain_path):
+    model = _model(fusion=fusion)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        fused = model(x)
+    plain_path()
+    with torch.inference_mode():
+        plain = model(x)
+    assert (fused - plain).abs().max().item() < 1e-5
+
+
+def test_fused_path_under_bf16_autocast_stays_close_to_fp32(plain_path):
+    model = _model()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = model(x).float()
+    plain_path()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model(x).float()
+    with torch.inference_mode():
+        reference = model(x)
+    scale = reference.abs().max().item()
+    # bf16 keeps 8 bits of mantissa: both paths sit within a few bf16 steps of fp32.
+    assert (fused - reference).abs().max().item() < 0.05 * scale
+    assert (fused - reference).abs().max().item() < 2 * (plain - reference).abs().max().item() + 1e-3 * scale
+
+
+def test_fused_kernel_is_what_runs(plain_path):
+    model = _model(dim=(128, 256), img_size=256)
+    x = torch.randn(2, 3, 256, 256)  # the small branch sees 2 x 4097 rows: past the fp32 limit
+    calls = []  # (rows, in_features) of every F.linear
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.linear:
+                calls.append((args[0].numel() // args[0].shape[-1], args[0].shape[-1]))
+            return func(*args, **(kwargs or {}))
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), Spy():
+        model(x)
+    assert calls == []  # in bf16 every Linear goes through the fused kernel
+    with torch.inference_mode(), Spy():
+        model(x)
+    assert calls and all(rows > 4096 and features < 256 for rows, features in calls)  # in fp32 only where it pays
+    calls.clear()
+    plain_path()
+    with torch.inference_mode(), Spy():
+        model(x)
+    assert len(calls) == sum(isinstance(m, nn.Linear) for m in model.modules())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gradients_equal_plain_path(precision, plain_path):
+    model = _model(drop_path_rate=0.0).train()
+    x = torch.randn(2, 3, 32, 32)
+
+    def gradients():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x)
+        out.float().square().sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    fused = gradients()
+    plain_path()
+    plain = gradients()
+    for (name, _), a, b in zip(model.named_parameters(), fused, plain):
+        assert torch.equal(a, b), name  # training never takes the fused kernel
+
+
+def test_mac_count_is_the_same_with_and_without_the_fused_kernel(plain_path):
+    model = _model()
+    x = torch.zeros(1, 3, 32, 32)
+    fused = count_macs(model, x)
+    plain_path()
+    assert count_macs(model, x) == fused
+
+
+def test_a_replaced_linear_is_called_as_it_is():
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        before = model(x)
+    block = model.encoders[0].branches[0][0]
+
+    class Doubled(nn.Module):  # stands in for a quantized or otherwise swapped layer
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t):
+            return 2 * self.inner(t)
+
+    block.mlp.fc2 = Doubled(block.mlp.fc2)
+    with torch.inference_mode():
+        after = model(x)
+    assert not torch.allclose(before, after)
+
+
+def test_packed_bf16_weights_follow_weight_updates(plain_path):
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+
+    def bf16_logits():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x).float()
+
+    first = bf16_logits()
+    other = _model()
+    other.load_state_dict({k: v + 0.1 * torch.randn_like(v) for k, v in model.state_dict().items()})
+    model.load_state_dict(other.state_dict())  # copies in place: the packed copies must notice
+    updated = bf16_logits()
+    plain_path()
+    expected = bf16_logits()
+    assert not torch.allclose(first, updated)
+    assert (updated - expected).abs().max().item() < 0.05 * expected.abs().max().item()
