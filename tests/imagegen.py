@@ -44,3 +44,19 @@ def make_fashion_mnist(root: Path, train: int = 64, val: int = 32, seed: int = 0
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def write_every_mode(folder: Path, size: int = 32, seed: int = 0) -> list[Path]:
+    """The same noisy picture saved in each PIL mode and format a user might hand us."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    grey16 = np.asarray(rgb.convert("L")).astype(np.uint16) * 257
+    images = {
+        "bilevel.png": rgb.convert("1"), "grey.png": rgb.convert("L"), "grey_alpha.png": rgb.convert("LA"),
+        "palette.png": rgb.convert("P"), "rgb.jpg": rgb, "rgba.png": rgb.convert("RGBA"),
+        "cmyk.jpg": rgb.convert("CMYK"), "grey16.png": Image.fromarray(grey16), "grey16.tif": Image.fromarray(grey16),
+        "int32.tif": Image.fromarray(grey16.astype(np.int32)), "palette.gif": rgb, "rgb.webp": rgb, "rgb.bmp": rgb,
+    }
+    for name, image in images.items():
+        image.save(folder / name)
+    return [folder / name for name in images]

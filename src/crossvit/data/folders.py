@@ -35,7 +35,7 @@ def find_classes(split_dir: Path) -> list[str]:
     return classes
 
 
-def _images_in(folder: Path) -> list[str]:
+def image_files(folder: str | Path) -> list[str]:
     """Image files below `folder`, sorted; symlinked folders are not followed (no loops)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
@@ -57,7 +57,7 @@ class ImageFolder(Dataset):
         self.samples: list[tuple[str, int]] = []
         empty = []
         for index, name in enumerate(classes):
-            files = _images_in(split_dir / name) if name in own else []
+            files = image_files(split_dir / name) if name in own else []
             if not files:
                 empty.append(name)
             self.samples.extend((f, index) for f in files)

@@ -33,13 +33,17 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
     from ..errors import CrossViTError
     from ..model.checkpoint import read_checkpoint
     from ..model.factory import create_model
+    from ..quantize import is_quantized, load_quantized
     from ..training import distributed
     from ..training.config import load_config
     from ..training.engine import evaluate
     from ..training.plots import plot_confusion
 
     stored = read_checkpoint(checkpoint)
-    model = create_model(model_name, checkpoint=stored)  # the file is read once
+    quantized = is_quantized(stored)  # written by `crossvit quantize`: int8 kernels, on the CPU, in fp32
+    if quantized and precision != "fp32":
+        raise CrossViTError(f"{checkpoint} is an int8 model, which runs in fp32 on the CPU; leave out --precision")
+    model = load_quantized(stored) if quantized else create_model(model_name, checkpoint=stored)  # the file is read once
     trained_on = load_config(data=stored.run_config).data if stored.run_config else None
     data_cfg = load_config(data={"data": {
         "dataset": dataset or (trained_on.dataset if trained_on else "folder"),
@@ -50,7 +54,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
     if len(class_names) != model.num_classes:
         raise CrossViTError(f"{checkpoint} predicts {model.num_classes} classes but {data_cfg.path or data_cfg.dataset} "
                             f"has {len(class_names)}; fine-tune it first (crossvit train ... model.checkpoint=...)")
-    world = distributed.World(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    world = distributed.World(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() and not quantized else "cpu"))
     model.to(world.device)
     val_set = datasets.build_dataset(data_cfg, "val", model.meta, None, 0)
     loader = datasets.eval_loader(val_set, batch_size, workers, 0, 1, world.device.type == "cuda")
