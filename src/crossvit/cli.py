@@ -8,9 +8,11 @@ import sys
 
 from . import __version__
 from .errors import CrossViTError
-from .tools import demo, eval_cmd, inspect_checkpoint, models_table, tour, train_cmd
+from .tools import (attention_cmd, bench_cmd, demo, eval_cmd, export_cmd, inspect_checkpoint, models_table, predict_cmd,
+                    quantize_cmd, tour, train_cmd)
 
-COMMANDS = [train_cmd, eval_cmd, models_table, inspect_checkpoint, demo, tour]
+COMMANDS = [train_cmd, eval_cmd, predict_cmd, attention_cmd, export_cmd, quantize_cmd, models_table, bench_cmd,
+            inspect_checkpoint, demo, tour]
 
 
 def build_parser() -> argparse.ArgumentParser:

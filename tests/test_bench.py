@@ -1,0 +1,73 @@
+"""`crossvit bench`: what it reports is consistent with itself and with timm's model."""
+
+import csv
+import json
+
+import pytest
+
+from crossvit.cli import main
+from crossvit.tools import benchmark
+from crossvit.tools.models_table import describe
+
+FAST = ["--rounds", "2", "--round-seconds", "0.01", "--threads", "2"]
+
+
+def _run(capsys, *argv):
+    assert main(["bench", *argv, "--json", *FAST]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_report_is_consistent(capsys, tmp_path):
+    report = _run(capsys, "crossvit_micro_32", "--mode", "latency", "infer", "train", "--batch-size", "4",
+                  "--precision", "fp32", "bf16", "--csv", str(tmp_path / "b.csv"))
+    rows = report["results"]
+    assert [(r["mode"], r["precision"]) for r in rows] == [
+        (m, p) for p in ("fp32", "bf16") for m in ("latency", "infer", "train")]
+    for r in rows:
+        ours = r["crossvit"]
+        assert r["batch_size"] == (1 if r["mode"] == "latency" else 4)
+        assert len(ours["rounds_ms"]) == 2
+        assert ours["best_ms"] == pytest.approx(min(ours["rounds_ms"]))
+        assert ours["best_img_s"] == pytest.approx(1000 * r["batch_size"] / ours["best_ms"])
+        assert ours["median_img_s"] <= ours["best_img_s"]
+        assert 0 < ours["peak_fraction"]
+    # counted on real weights (fused kernels) as on the meta device (`crossvit models`: plain kernels)
+    assert report["gmacs"] == pytest.approx(describe("crossvit_micro_32")["gmacs"], abs=1e-3)
+    with open(tmp_path / "b.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [row["mode"] for row in table] == [r["mode"] for r in rows]
+    assert float(table[1]["crossvit_img_s"]) == pytest.approx(rows[1]["crossvit"]["best_img_s"])
+
+
+@pytest.mark.slow
+def test_compare_with_timm_uses_the_same_weights(capsys):
+    report = _run(capsys, "crossvit_tiny_240", "--compare", "timm", "--mode", "latency")
+    assert report["max_abs_diff_vs_timm_fp32"] < 1e-4
+    row = report["results"][0]
+    assert row["speedup_best"] == pytest.approx(row["crossvit"]["best_img_s"] / row["timm"]["best_img_s"])
+
+
+def test_out_of_memory_halves_the_batch(capsys, monkeypatch):
+    real = benchmark.make_step
+
+    def fussy(model, setting, *args):
+        if setting.batch_size > 2:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
+        return real(model, setting, *args)
+
+    monkeypatch.setattr(benchmark, "make_step", fussy)
+    assert main(["bench", "crossvit_micro_32", "--mode", "infer", "--batch-size", "8", "--json", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "out of memory at batch 8" in out and "trying batch 4" in out and "trying batch 2" in out
+    assert json.loads(out[out.index("{"):])["results"][0]["batch_size"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["crossvit_micro_32", "--compare", "timm"], "timm has no model named crossvit_micro_32"),
+    (["crossvit_99"], "crossvit_99"),
+    (["crossvit_micro_32", "--batch-size", "0"], "--batch-size must be at least 1"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert main(["bench", *argv, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
