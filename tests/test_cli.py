@@ -72,3 +72,14 @@ def test_demo_trains_evaluates_and_continues(tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
     again = subprocess.run(args, capture_output=True, text=True)  # a finished demo is evaluated again, not retrained
     assert again.returncode == 0 and "(continuing)" in again.stdout
+
+
+def test_output_piped_into_a_reader_that_leaves_early_is_not_an_error():
+    # `crossvit models --json | head -1`: the reader is gone before we write (we close our end
+    # while the child is still importing torch).
+    child = subprocess.Popen([sys.executable, "-m", "crossvit", "models", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.stdout.close()
+    err = child.stderr.read()
+    assert child.wait() == 0, err[-500:]
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -84,6 +84,13 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
     assert np.asarray(load_image(str(tmp_path / "g.png"), "L")).max() == 40000 // 256
 
 
+def test_float_grey_in_zero_to_one_is_scaled_not_blackened(tmp_path):
+    ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "float.tif")
+    pixels = np.asarray(load_image(str(tmp_path / "float.tif"), "L")).astype(float)
+    np.testing.assert_allclose(pixels, ramp * 255, atol=1)
+
+
 def test_decompression_bomb_is_refused(tmp_path):
     Image.new("L", (1, 1)).save(tmp_path / "small.png")
     old = Image.MAX_IMAGE_PIXELS

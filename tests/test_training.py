@@ -204,6 +204,12 @@ def test_fine_tune_to_new_classes_and_size_with_a_frozen_backbone(folder, tmp_pa
     assert torch.equal(before["encoders.1.fusion.attend.0.0.q.weight"], after["encoders.1.fusion.attend.0.0.q.weight"])
     assert after["pos_embeds.0"].shape[1] == 1 + 10 * 10  # 40 px in 4 px patches
 
+    # The run resumes from its own last.pth even when the checkpoint it started from is gone.
+    (tmp_path / "src" / "best.pth").rename(tmp_path / "src" / "moved.pth")
+    assert main(["train", "small_folder", "--output", str(tmp_path / "tuned"), "--resume", "epochs=2"]) == 0
+    resumed = _weights(tmp_path / "tuned" / "last.pth")
+    assert resumed["heads.0.weight"].shape[0] == 4 and not torch.equal(resumed["heads.0.weight"], after["heads.0.weight"])
+
 
 def test_bf16_autocast_trains_on_cpu(folder, tmp_path):
     result = train(_config(folder, *PLAIN, "epochs=1", "train.precision=bf16"), tmp_path / "run")

@@ -18,6 +18,9 @@ def load_image(path: str, mode: str = "RGB") -> Image.Image:
             image.load()
             if image.mode in HIGH_BIT_GREY:  # scale 16-bit grey to 8 bits instead of clipping it
                 image = image.convert("I").point(lambda v: v / 256).convert("L")
+            elif image.mode == "F":  # floating-point grey, 0-1 by convention (0-255 kept as it is)
+                low, high = image.getextrema()
+                image = (image.point(lambda v: v * 255) if high <= 1.0 else image).convert("L")
             elif image.mode in ("P", "PA", "LA") or "A" in image.mode:
                 image = image.convert("RGBA").convert("RGB")  # transparency goes, colours stay
             return image.convert(mode)

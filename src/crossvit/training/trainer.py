@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from .. import data as datasets
 from ..errors import CrossViTError
+from ..model.checkpoint import FORMAT_TAG, StoredCheckpoint
+from ..model.config import CrossViTConfig
 from ..model.factory import create_model
 from . import distributed
 from .config import RunConfig, load_config, save_config
@@ -64,13 +66,20 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def build_model(config: RunConfig, class_names: list[str]) -> nn.Module:
+def build_model(config: RunConfig, class_names: list[str], resumed: dict | None = None) -> nn.Module:
+    """The recipe's model; for a resumed run, the architecture saved in its last checkpoint, so
+    that the pretrained weights or the checkpoint it started from are no longer needed."""
     m = config.model
-    options = dict(m.options)
-    if m.img_size is not None:
-        options["img_size"] = m.img_size
-    model = create_model(m.name, pretrained=m.pretrained, checkpoint=m.checkpoint, num_classes=len(class_names),
-                         drop_path_rate=m.drop_path_rate, **options)
+    if resumed is not None:
+        record = resumed[FORMAT_TAG]
+        model = create_model(checkpoint=StoredCheckpoint(resumed["model"], "last.pth", "ours",
+                                                         CrossViTConfig.from_dict(record["config"]), record["meta"]))
+    else:
+        options = dict(m.options)
+        if m.img_size is not None:
+            options["img_size"] = m.img_size
+        model = create_model(m.name, pretrained=m.pretrained, checkpoint=m.checkpoint, num_classes=len(class_names),
+                             drop_path_rate=m.drop_path_rate, **options)
     model.meta = dataclasses.replace(model.meta, class_names=tuple(class_names))
     if m.freeze_backbone:
         for name, p in model.named_parameters():
@@ -137,7 +146,7 @@ def _train(config: RunConfig, output: Path, resume: bool, world: distributed.Wor
     if t.precision == "fp16" and world.device.type != "cuda":
         raise CrossViTError("train.precision=fp16 needs a GPU; on a CPU use train.precision=bf16")
     class_names = datasets.class_names(d)
-    model = build_model(config, class_names)
+    model = build_model(config, class_names, state)
     if t.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(world.device)
