@@ -104,11 +104,13 @@ def attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     set, the weights are computed explicitly and kept in `module.attention` (B, heads, Nq, Nk)
     for visualisation; otherwise the fastest kernel we know for the case runs."""
     dropout = module.attn_drop if module.training else 0.0
-    # On CPUs without AMX the bf16 flash kernel loses to two plain matmuls for short sequences
-    # (1.5x forward, 2x forward+backward at 197 tokens) and in training.
-    explicit_bf16 = (q.dtype == torch.bfloat16 and q.device.type == "cpu" and not dropout
-                     and (k.shape[-2] <= 256 or q.requires_grad))
-    if module.keep_attention or explicit_bf16:
+    # On the CPU the flash kernel loses to two plain matmuls for short sequences: in fp32 up to
+    # 64 keys (1.6-4x at the 5-50 tokens of the 28 px models), in bf16 without AMX up to 256 keys
+    # (1.5x forward at 197 tokens) and in training at any length (2x forward+backward at 197).
+    short = k.shape[-2] <= (256 if q.dtype == torch.bfloat16 else 64)
+    explicit = q.device.type == "cpu" and not dropout and (
+        short or (q.dtype == torch.bfloat16 and q.requires_grad))
+    if module.keep_attention or explicit:
         weights = (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
         if module.keep_attention:
             module.attention = weights.detach()
