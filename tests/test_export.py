@@ -116,6 +116,20 @@ def test_a_failing_exporter_is_one_line_and_leaves_no_file(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == ["m.safetensors"]
 
 
+def test_a_failing_torch_export_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    crossvit.save_checkpoint(micro(), tmp_path / "m.safetensors")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("data-dependent control flow\nwith a long trace")
+
+    monkeypatch.setattr(torch.export, "export", broken)
+    assert main(["export", str(tmp_path / "m.safetensors"), "--format", "torch-export"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crossvit export: error: torch.export of") and err.count("\n") == 1
+    assert "data-dependent control flow" in err
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
 def test_safetensors_export_reloads_equal(tmp_path):
     model = dagger_240()
     assert export_safetensors(model, tmp_path / "m.safetensors") == 0.0

@@ -146,7 +146,11 @@ def export_program(model: CrossViT, path: str | os.PathLike, batch_size: int = 2
     """Write `model` as a torch.export program (.pt2, dynamic batch axis), to be run with
     `torch.export.load(path).module()(images)`; return its largest difference from eager."""
     model = _prepare(model)
-    program = torch.export.export(model, **_trace_args(model, batch_size))
+    try:
+        program = torch.export.export(model, **_trace_args(model, batch_size))
+    except Exception as e:  # noqa: BLE001 - torch.export raises many kinds; the user needs one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrossViTError(f"torch.export of {path} failed: {first}") from None
     extra = {"crossvit.json": json.dumps(model_record(model))}
 
     # Through file objects: given a path, torch.export insists that it ends in .pt2, and the
