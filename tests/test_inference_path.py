@@ -146,3 +146,18 @@ def test_packed_bf16_weights_follow_weight_updates(plain_path):
     expected = bf16_logits()
     assert not torch.allclose(first, updated)
     assert (updated - expected).abs().max().item() < 0.05 * expected.abs().max().item()
+
+
+def test_a_model_that_has_run_inference_can_still_be_copied(plain_path):
+    import copy
+    import pickle
+
+    model = _model(dim=(128, 256))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)  # leaves oneDNN copies of the weights on the layers
+    with torch.inference_mode():
+        expected = model(x)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # as EMA and quantization copy
+        with torch.inference_mode():
+            assert torch.equal(twin(x), expected)

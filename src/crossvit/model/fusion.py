@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import CrossViTConfig
-from .layers import DropPath, SelfAttention, attend, layer_norm, merge_heads, projection, resize_tokens, run_linear, split_heads
+from .layers import DropPath, Projection, SelfAttention, attend, layer_norm, merge_heads, resize_tokens, run_linear, split_heads
 
 
 class CrossAttention(nn.Module):
@@ -58,7 +58,7 @@ class CrossAttentionFusion(nn.Module):
         super().__init__()
         dims = [b.dim for b in config.branches]
         n, eps = len(dims), config.layer_norm_eps
-        self.project = nn.ModuleList(projection(dims[i], dims[(i + 1) % n], eps) for i in range(n))
+        self.project = nn.ModuleList(Projection(dims[i], dims[(i + 1) % n], eps) for i in range(n))
         self.attend = nn.ModuleList(
             nn.ModuleList(
                 CrossAttention(dims[(i + 1) % n], config.branches[(i + 1) % n].num_heads, config.qkv_bias,
@@ -67,7 +67,7 @@ class CrossAttentionFusion(nn.Module):
             )
             for i in range(n)
         )
-        self.revert = nn.ModuleList(projection(dims[(i + 1) % n], dims[i], eps) for i in range(n))
+        self.revert = nn.ModuleList(Projection(dims[(i + 1) % n], dims[i], eps) for i in range(n))
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         n = len(xs)
@@ -90,8 +90,8 @@ class _CommonWidth(nn.Module):
         self.primary = max(range(len(dims)), key=lambda i: dims[i])
         width, eps = dims[self.primary], config.layer_norm_eps
         self.width = width
-        self.align = nn.ModuleList(nn.Identity() if d == width else projection(d, width, eps) for d in dims)
-        self.revert = nn.ModuleList(nn.Identity() if d == width else projection(width, d, eps) for d in dims)
+        self.align = nn.ModuleList(nn.Identity() if d == width else Projection(d, width, eps) for d in dims)
+        self.revert = nn.ModuleList(nn.Identity() if d == width else Projection(width, d, eps) for d in dims)
 
 
 class AllAttentionFusion(_CommonWidth):

@@ -47,15 +47,33 @@ def _fused_kernel_allowed(x: Tensor, layer: nn.Module) -> bool:
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
+class _PackedWeight:
+    """A layer's weight in oneDNN's layout. A derived copy, so deep copies and pickles of the
+    layer (EMA, quantization, torch.save) start without it rather than trying to copy it."""
+
+    __slots__ = ("key", "tensor")
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.tensor: Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> _PackedWeight:
+        return _PackedWeight()
+
+    def __reduce__(self):
+        return (_PackedWeight, ())
+
+
 def _packed_weight(layer: nn.Linear, dtype: torch.dtype, rows: int) -> Tensor:
     """The layer's weight in `dtype`, in oneDNN's layout, cached until the weight changes."""
     weight = layer.weight
     key = (weight.data_ptr(), weight._version, dtype, rows > 1)
-    cached = getattr(layer, "_onednn_packed", None)
-    if cached is None or cached[0] != key:
-        cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), rows))
-        layer._onednn_packed = cached  # a plain attribute: not a buffer, never saved
-    return cached[1]
+    cache = layer.__dict__.get("_onednn_packed")
+    if cache is None:
+        cache = layer._onednn_packed = _PackedWeight()  # a plain attribute: not a buffer, never saved
+    if cache.key != key:
+        cache.key, cache.tensor = key, torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), rows)
+    return cache.tensor
 
 
 def run_linear(layer: nn.Module, x: Tensor, gelu: bool = False) -> Tensor:
@@ -75,16 +93,17 @@ def run_linear(layer: nn.Module, x: Tensor, gelu: bool = False) -> Tensor:
 
 
 class Mlp(nn.Module):
+    """Linear -> GELU -> Linear; the GELU runs inside fc1's kernel where run_linear fuses it."""
+
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = run_linear(self.fc1, x, gelu=True) if isinstance(self.act, nn.GELU) else self.act(self.fc1(x))
-        return self.drop(run_linear(self.fc2, self.drop(hidden)))
+        hidden = self.drop(run_linear(self.fc1, x, gelu=True))
+        return self.drop(run_linear(self.fc2, hidden))
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -182,10 +201,6 @@ class Projection(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         return run_linear(self[2], self[1](self[0](x)))
-
-
-def projection(dim_in: int, dim_out: int, eps: float) -> Projection:
-    return Projection(dim_in, dim_out, eps)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -58,7 +58,6 @@ class Timing:
 class Contender:
     name: str  # "crossvit" or "timm"
     model: nn.Module
-    steps: dict[Setting, Callable[[], None]] = field(default_factory=dict)
 
 
 def synchronize(device: torch.device) -> None:

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from .. import data as datasets
 from ..errors import CrossViTError
-from ..model.checkpoint import FORMAT_TAG, StoredCheckpoint
-from ..model.config import CrossViTConfig
+from ..model import CrossViT, CrossViTConfig, ModelMeta
+from ..model.checkpoint import FORMAT_TAG
 from ..model.factory import create_model
 from . import distributed
 from .config import RunConfig, load_config, save_config
@@ -70,10 +70,10 @@ def build_model(config: RunConfig, class_names: list[str], resumed: dict | None 
     """The recipe's model; for a resumed run, the architecture saved in its last checkpoint, so
     that the pretrained weights or the checkpoint it started from are no longer needed."""
     m = config.model
-    if resumed is not None:
+    if resumed is not None:  # its weights are loaded with the optimizer's state below
         record = resumed[FORMAT_TAG]
-        model = create_model(checkpoint=StoredCheckpoint(resumed["model"], "last.pth", "ours",
-                                                         CrossViTConfig.from_dict(record["config"]), record["meta"]))
+        model = CrossViT(CrossViTConfig.from_dict(record["config"]))
+        model.meta = ModelMeta.from_dict(record["meta"])
     else:
         options = dict(m.options)
         if m.img_size is not None:
