@@ -161,3 +161,23 @@ def test_a_model_that_has_run_inference_can_still_be_copied(plain_path):
     for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # as EMA and quantization copy
         with torch.inference_mode():
             assert torch.equal(twin(x), expected)
+
+
+def test_inference_after_a_fused_optimizer_step_sees_the_new_weights(plain_path):
+    """A fused AdamW step changes the weights without bumping their version counter: the packed
+    copies made before it must not survive the switch back to eval (the trainer's pattern)."""
+    model = _model(dim=(128, 256))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)  # fills the cache
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    model.train()
+    model(x).logsumexp(1).sum().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = model(x)
+        plain_path()
+        expected = model(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 from ..errors import CrossViTError
 from .config import CrossViTConfig
 from .fusion import build_fusion
-from .layers import Block, Tokenizer, init_weights, layer_norm, run_linear
+from .layers import Block, Tokenizer, forget_packed_weights, init_weights, layer_norm, run_linear
 
 
 class MultiScaleEncoder(nn.Module):
@@ -84,6 +84,10 @@ class CrossViT(nn.Module):
         self.apply(init_weights)
 
     # -- timm-style interface -----------------------------------------------------------
+
+    def train(self, mode: bool = True) -> CrossViT:
+        forget_packed_weights(self)  # weights may have changed unseen since the last inference
+        return super().train(mode)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names to keep out of weight decay besides norms and biases."""

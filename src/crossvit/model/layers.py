@@ -76,6 +76,14 @@ def _packed_weight(layer: nn.Linear, dtype: torch.dtype, rows: int) -> Tensor:
     return cache.tensor
 
 
+def forget_packed_weights(module: nn.Module) -> None:
+    """Drop the cached oneDNN copies in `module`. Some in-place updates change a weight without
+    bumping its version (fused optimizers, writes through `.data`), so the cache cannot see them;
+    CrossViT.train() / eval() call this, so that every switch to inference starts afresh."""
+    for layer in module.modules():
+        layer.__dict__.pop("_onednn_packed", None)
+
+
 def run_linear(layer: nn.Module, x: Tensor, gelu: bool = False) -> Tensor:
     """layer(x), then GELU if asked, through the fused CPU kernel when nothing needs gradients
     and it pays. Any other module in the linear's place (a quantized one, say) is simply called."""
