@@ -15,6 +15,7 @@ from crossvit import CrossViTError
 from crossvit import data as D
 from crossvit.data.fashion_mnist import DEFAULT_ROOT, FashionMNIST
 from crossvit.data.folders import BadSample, ImageFolder
+from crossvit.data.in_memory import InMemoryImages
 from crossvit.data.images import load_image
 from crossvit.training.config import load_config
 
@@ -138,6 +139,63 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
     assert torch.equal(first[0], first[2])  # same index, same epoch: same augmentation, whatever came between
     ds.set_epoch(1)
     assert not torch.equal(ds[5][0], first[0])
+
+
+def _fashion_sets(tmp_path, *overrides):
+    config = load_config("fashion_mnist", [f"data.path={make_fashion_mnist(tmp_path)}", *overrides])
+    meta = crossvit.get_variant("crossvit_micro_28").meta
+    train = D.build_dataset(config.data, "train", meta, config.aug, seed=7)
+    return train, D.build_dataset(config.data, "val", meta, None, seed=7), meta, config
+
+
+def test_in_memory_batches_match_the_per_sample_pipeline(tmp_path):
+    """Fashion-MNIST with flips only (the recipe) takes the batch path: evaluation batches equal
+    what the PIL transforms give, flips are exact mirror images, chosen per sample."""
+    train, val, meta, _ = _fashion_sets(tmp_path)
+    assert isinstance(train, InMemoryImages) and isinstance(val, InMemoryImages)
+    reference = FashionMNIST(tmp_path, "val", D.eval_transform(meta))
+    batch = D.collate(val.__getitems__([0, 5, 31]))
+    expected = torch.stack([reference[i][0] for i in (0, 5, 31)])
+    torch.testing.assert_close(batch.images, expected, atol=1e-5, rtol=0)
+    assert batch.targets.tolist() == [reference[i][1] for i in (0, 5, 31)]
+
+    plain = FashionMNIST(tmp_path, "train", D.eval_transform(meta))
+    images, _ = train.batch(list(range(64)))
+    flipped = [torch.allclose(images[i], plain[i][0].flip(-1), atol=1e-5) for i in range(64)]
+    kept = [torch.allclose(images[i], plain[i][0], atol=1e-5) for i in range(64)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 16 < sum(flipped) < 48  # hflip=0.5
+
+
+def test_in_memory_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
+    train, *_ = _fashion_sets(tmp_path, "aug.crop=pad")
+    whole = train.batch(list(range(64)))[0]
+    alone = torch.stack([train[i][0] for i in (40, 3)])
+    assert torch.equal(alone, whole[[40, 3]])  # the batch it falls in does not matter
+    train.set_epoch(1)
+    assert not torch.equal(train.batch(list(range(64)))[0], whole)
+
+
+def test_in_memory_pad_and_crop_shifts_each_image_within_the_padding():
+    images = torch.arange(2 * 8 * 8, dtype=torch.uint8).view(2, 1, 8, 8)
+    data = InMemoryImages(images, torch.zeros(2, dtype=torch.long), (0.0,), (1 / 255,), pad=1, seed=0)
+    padded = torch.nn.functional.pad(images.float(), (1, 1, 1, 1))
+    shifts = set()
+    for epoch in range(30):
+        data.set_epoch(epoch)
+        out = data.batch([0, 1])[0]
+        for n in range(2):
+            found = [(r, c) for r in range(3) for c in range(3) if torch.equal(out[n, 0], padded[n, 0, r:r + 8, c:c + 8])]
+            assert found, "the crop is not a window of the padded image"
+            shifts.add(found[0])
+    assert len(shifts) == 9  # every offset in [0, 2] x [0, 2] occurs
+
+
+def test_other_augmentations_keep_the_per_sample_pipeline(tmp_path):
+    train, *_ = _fashion_sets(tmp_path, "aug.random_erasing=0.25")
+    assert isinstance(train, D.SeededSamples)
+    train, *_ = _fashion_sets(tmp_path, "data.limit_train=20")
+    assert len(train) == 20 and train[0][0].shape == (1, 28, 28)
 
 
 def test_processes_share_one_global_order():

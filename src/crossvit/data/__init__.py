@@ -21,6 +21,7 @@ from ..model.registry import FASHION_MNIST_CLASSES, ModelMeta
 from ..training.config import AugSection, DataSection
 from .fashion_mnist import FashionMNIST
 from .folders import BadSample, ImageFolder, find_classes
+from .in_memory import batchable, in_memory
 from .transforms import eval_transform, train_transform
 
 CIFAR_DEFAULT_ROOT = "data/cifar"
@@ -89,8 +90,11 @@ class Batch:
     bad: list[BadSample]
 
 
-def collate(samples: list[tuple[Any, int]]) -> Batch:
-    """Stack the readable samples; report the unreadable ones instead of failing."""
+def collate(samples: list[tuple[Any, int]] | Batch) -> Batch:
+    """Stack the readable samples; report the unreadable ones instead of failing. (Datasets held
+    in memory hand over finished batches.)"""
+    if isinstance(samples, Batch):
+        return samples
     bad = [image for image, _ in samples if isinstance(image, BadSample)]
     good = [(image, target) for image, target in samples if not isinstance(image, BadSample)]
     if not good:
@@ -131,23 +135,40 @@ def _cifar(data: DataSection, train: bool, transform):
 
 def build_dataset(data: DataSection, split: str, meta: ModelMeta, aug: AugSection | None, seed: int) -> Dataset:
     """The `split` ('train' or 'val') of the recipe's dataset with the model's preprocessing;
-    training splits get `aug` and per-sample seeding."""
-    transform = train_transform(meta, aug) if aug is not None else eval_transform(meta)
+    training splits get `aug` and per-sample seeding. Fashion-MNIST and CIFAR are prepared a
+    batch at a time when the augmentation allows it (see in_memory.py)."""
     mode = "L" if meta.input_size[0] == 1 else "RGB"
     if data.dataset == "fashion_mnist":
-        dataset: Dataset = FashionMNIST(data.path, split, transform)
         if mode == "RGB":
             raise CrossViTError("Fashion-MNIST is grey: use a model with in_chans=1 (e.g. crossvit_micro_28)")
+        dataset: Dataset = FashionMNIST(data.path, split)
+        images, labels = torch.from_numpy(dataset.images.copy()).unsqueeze(1), dataset.labels
     elif data.dataset == "folder":
         root = _folder_root(data)
-        dataset = ImageFolder(root / split, find_classes(root / "train"), mode, transform)
+        dataset = ImageFolder(root / split, find_classes(root / "train"), mode, None)
+        images = None
     else:
-        dataset = _cifar(data, split == "train", transform)
+        dataset = _cifar(data, split == "train", None)
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+        labels = torch.tensor(dataset.targets, dtype=torch.long)
+    fast = images is not None and batchable(aug, meta, tuple(images.shape[-2:]), images.shape[1])
+    if fast:
+        dataset = in_memory(images, labels, meta, aug, seed)
+    else:
+        dataset.transform = train_transform(meta, aug) if aug is not None else eval_transform(meta)
     limit = data.limit_train if split == "train" else data.limit_val
     if limit is not None and limit < len(dataset):
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
-        dataset = Subset(dataset, order[:limit].tolist())
-    return SeededSamples(dataset, seed) if aug is not None else dataset
+        dataset = _Limited(dataset, order[:limit].tolist())
+    return SeededSamples(dataset, seed) if aug is not None and not fast else dataset
+
+
+class _Limited(Subset):
+    """A subset that passes the epoch on (in-memory datasets draw their augmentation per epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
 
 def train_loader(dataset: Dataset, batch_size: int, workers: int, rank: int, world: int, seed: int,
