@@ -21,8 +21,11 @@ def run(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
-    resume = (output / "last.pth").is_file()  # an interrupted or finished demo continues
-    config = config_of_run(output, overrides) if resume else load_config("fashion_mnist", overrides)
+    resume: bool | dict = False
+    if (output / "last.pth").is_file():  # an interrupted or finished demo continues
+        config, resume = config_of_run(output, overrides)
+    else:
+        config = load_config("fashion_mnist", overrides)
     print(f"training {config.model.name} on Fashion-MNIST for {config.epochs} epochs into {output}"
           + (" (continuing)" if resume else ""))
     result = train(config, output, resume=resume)

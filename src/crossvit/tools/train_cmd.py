@@ -31,12 +31,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.output:
             raise CrossViTError("--resume needs --output DIR, the run to continue")
-        config = config_of_run(args.output, overrides)
+        config, resume = config_of_run(args.output, overrides)
         output = Path(args.output)
     else:
+        resume = False
         config = load_config(args.recipe, overrides)
         output = Path(args.output or f"runs/{recipe_path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    result = train(config, output, resume=args.resume)
+    result = train(config, output, resume=resume)
     if not result.main_process:
         return 130 if result.interrupted else 0
     if result.interrupted:

