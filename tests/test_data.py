@@ -233,3 +233,26 @@ def test_randaugment_survives_its_strongest_settings():
     for seed in range(300):
         D.seed_host(seed)
         assert transform(image).shape == (3, 32, 32)
+
+
+def test_flip_evaluation_averages_each_head_over_the_mirror_image():
+    from crossvit.data import Batch
+    from crossvit.training.distributed import World
+    from crossvit.training.engine import evaluate
+
+    torch.manual_seed(0)
+    model = crossvit.create_model("crossvit_micro_32", patch_size=(4, 8), dim=(32, 64), depth=(1, 1),
+                                  num_heads=(2, 2), num_encoders=1, num_classes=4).eval()
+    images, targets = torch.randn(12, 3, 32, 32), torch.arange(12) % 4
+    loader = [Batch(images[:7], targets[:7], []), Batch(images[7:], targets[7:], [])]
+    result = evaluate(model, loader, 4, World(0, 1, 0, torch.device("cpu")), flip=True)
+    with torch.no_grad():
+        heads = [model.branch_logits(model.forward_features(x)) for x in (images, images.flip(-1))]
+    per_branch = [(a + b) / 2 for a, b in zip(*heads)]
+    logits = torch.stack(per_branch).mean(0)
+    assert result.top1 == pytest.approx(logits.argmax(1).eq(targets).float().mean().item() * 100)
+    assert result.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
+    for got, branch in zip(result.branch_top1, per_branch):
+        assert got == pytest.approx(branch.argmax(1).eq(targets).float().mean().item() * 100)
+    plain = evaluate(model, loader, 4, World(0, 1, 0, torch.device("cpu")))
+    assert plain.loss != pytest.approx(result.loss)  # the mirror image did change the answer

@@ -102,3 +102,30 @@ def test_the_model_package_needs_only_torch_and_safetensors():
             "print(sorted({n.split('.')[0] for n in sys.modules} & {'timm', 'torchvision', 'PIL'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_shifted_tokenizer_cuts_the_image_and_four_half_patch_shifts():
+    """Shifted patch tokens, checked against a per-pixel construction: token (i, j) holds its own
+    patch and the patches that sit half a patch away diagonally (zeros beyond the border)."""
+    torch.manual_seed(0)
+    model = small_config(tokenizer=("shifted", "linear"), img_size=16, patch_size=(4, 8))
+    tokenizer = model.tokenizers[0].proj
+    x = torch.randn(2, 3, 16, 16)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+
+    def patch(i, j, dy, dx):  # the p x p window whose corner is at (4i + dy, 4j + dx), zero outside
+        return padded[:, :, 2 + 4 * i + dy:6 + 4 * i + dy, 2 + 4 * j + dx:6 + 4 * j + dx].reshape(2, 3, 16)
+
+    rows = []
+    for i in range(4):
+        for j in range(4):
+            views = [patch(i, j, 0, 0)] + [patch(i, j, dy, dx) for dy, dx in ((-2, -2), (-2, 2), (2, -2), (2, 2))]
+            rows.append(torch.stack(views, 1).reshape(2, -1))  # channel-major, like unfold
+    expected = tokenizer.linear(tokenizer.norm(torch.stack(rows, 1)))
+    torch.testing.assert_close(tokenizer(x), expected)
+    assert model.forward_features(torch.randn(2, 3, 16, 16))[0].shape == (2, 1 + 16, 32)
+
+
+def test_unknown_tokenizer_names_the_choices():
+    with pytest.raises(crossvit.CrossViTError, match="unknown tokenizer 'conv9'.*linear, conv3, shifted"):
+        small_config(tokenizer="conv9")

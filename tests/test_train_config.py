@@ -25,6 +25,7 @@ def test_overrides_change_dotted_keys():
     ("data.dataset=imagenet21k", r"data.dataset='imagenet21k' is not one of fashion_mnist, folder"),
     ("aug.scale=0.5", r"aug.scale takes 2 values"),
     ("aug.mixup_switch_prob=2", r"must be between 0 and 1"),
+    ("optim.betas=[0.9, 1.0]", r"optim.betas=\[0.9, 1.0\]: each beta must be at least 0 and below 1"),
     ("epochs", r"is not KEY=VALUE"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message):
@@ -68,3 +69,12 @@ def test_every_recipe_loads_and_says_how_to_run_it(recipe):
         import crossvit
 
         crossvit.get_variant(config.model.name)
+
+
+def test_adamw_gets_the_configured_betas():
+    import crossvit
+    from crossvit.training.trainer import build_optimizer
+
+    model = crossvit.create_model("crossvit_micro_28", depth=(1, 1), num_encoders=1)
+    optimizer = build_optimizer(model, load_config("fashion_mnist", ["optim.betas=[0.9, 0.95]"]), 128)
+    assert {group["betas"] for group in optimizer.param_groups} == {(0.9, 0.95)}

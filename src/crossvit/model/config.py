@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import CrossViTError
 
-TOKENIZERS = ("linear", "conv3")
+TOKENIZERS = ("linear", "conv3", "shifted")
 FUSIONS = ("cross_attention", "all_attention", "class_token", "pairwise", "none")
 
 
@@ -30,7 +30,7 @@ class BranchConfig:
 
     def grid_size(self) -> int:
         """Side of the patch grid this branch produces (the tokenizers keep images square)."""
-        if self.tokenizer == "linear":
+        if self.tokenizer in ("linear", "shifted"):
             return self.img_size // self.patch_size
         size = self.img_size
         for kernel, stride, padding in conv3_layout(self.patch_size):

@@ -18,6 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--flip", action="store_true", help="average each head over the image and its mirror image")
     p.add_argument("--output", help="where to write confusion.png and eval.json (default: beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run)
@@ -25,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str | None = None,
                         model_name: str | None = None, batch_size: int = 256, workers: int = 0,
-                        precision: str = "fp32", limit: int | None = None, output: str | None = None) -> dict:
+                        precision: str = "fp32", limit: int | None = None, output: str | None = None,
+                        flip: bool = False) -> dict:
     """Evaluate `checkpoint` on the validation split; write eval.json and confusion.png; return the report."""
     import torch
 
@@ -58,13 +60,13 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
     model.to(world.device)
     val_set = datasets.build_dataset(data_cfg, "val", model.meta, None, 0)
     loader = datasets.eval_loader(val_set, batch_size, workers, 0, 1, world.device.type == "cuda")
-    result = evaluate(model, loader, len(class_names), world, precision)
+    result = evaluate(model, loader, len(class_names), world, precision, flip=flip)
 
     out = Path(output) if output else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(checkpoint), "dataset": data_cfg.dataset, "path": data_cfg.path,
               "top1": result.top1, "top5": result.top5, "loss": result.loss, "branch_top1": result.branch_top1,
-              "samples": result.samples, "unreadable": len(result.bad_files), "class_names": class_names,
+              "samples": result.samples, "flip": flip, "unreadable": len(result.bad_files), "class_names": class_names,
               "per_class_top1": dict(zip(class_names, result.per_class)), "confusion": result.confusion,
               "confusion_png": str(out / "confusion.png")}
     (out / "eval.json").write_text(json.dumps(report, indent=2))
@@ -75,7 +77,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
 
 def format_report(report: dict) -> str:
     heads = " / ".join(f"{v:.2f}" for v in report["branch_top1"])
-    lines = [f"{report['checkpoint']} on {report['samples']} images: top-1 {report['top1']:.2f}%  "
+    mirrored = " (each with its mirror image)" if report.get("flip") else ""
+    lines = [f"{report['checkpoint']} on {report['samples']} images{mirrored}: top-1 {report['top1']:.2f}%  "
              f"top-5 {report['top5']:.2f}%  loss {report['loss']:.4f}  heads alone {heads}"]
     width = max(len(c) for c in report["class_names"])
     lines += [f"  {name:<{width}}  {acc:6.2f}%" for name, acc in report["per_class_top1"].items()]
@@ -87,6 +90,6 @@ def format_report(report: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.checkpoint, args.data, args.dataset, args.model, args.batch_size,
-                                 args.workers, args.precision, args.limit, args.output)
+                                 args.workers, args.precision, args.limit, args.output, args.flip)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

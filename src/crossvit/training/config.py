@@ -66,6 +66,7 @@ class OptimSection:
     lr_base_batch: int = 512
     weight_decay: float = 0.05  # never on norms, biases, CLS tokens, position embeddings
     momentum: float = 0.9  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw only
     clip_grad: float | None = None  # max gradient norm
     accum_steps: int = 1
     warmup_epochs: float = 5.0
@@ -233,6 +234,8 @@ def _check_value(key: str, given: Any, hint: Any) -> Any:
             raise CrossViTError(f"{key}={given!r} must be {'>=' if inclusive else '>'} {low}")
     if value is not None and key in PROBABILITIES and not 0 <= value <= 1:
         raise CrossViTError(f"{key}={given!r} must be between 0 and 1")
+    if key == "optim.betas" and not all(0 <= b < 1 for b in value):
+        raise CrossViTError(f"{key}={given!r}: each beta must be at least 0 and below 1, e.g. [0.9, 0.999]")
     return value
 
 

@@ -167,9 +167,10 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, world: World, precision: str = "fp32",
-             strict: bool = False) -> EvalResult:
+             strict: bool = False, flip: bool = False) -> EvalResult:
     """Top-1/top-5/loss of the averaged heads, top-1 of each head alone, per-class accuracy and
-    the confusion matrix (rows: true class), summed over all processes."""
+    the confusion matrix (rows: true class), summed over all processes. `flip`: each head's
+    logits are averaged over the image and its mirror image (test-time augmentation)."""
     model.eval()
     branches = model.config.num_branches
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64)
@@ -182,7 +183,11 @@ def evaluate(model: nn.Module, loader, num_classes: int, world: World, precision
             continue
         images, targets = batch.images.to(world.device), batch.targets.to(world.device)
         with autocast(world.device, precision):
-            per_branch = model.branch_logits(model.forward_features(images))
+            if flip:  # one forward over both halves: mirrored copies after the originals
+                both = model.branch_logits(model.forward_features(torch.cat([images, images.flip(-1)])))
+                per_branch = [(logits[:len(images)].float() + logits[len(images):].float()) / 2 for logits in both]
+            else:
+                per_branch = model.branch_logits(model.forward_features(images))
         per_branch = [logits.float() for logits in per_branch]
         logits = torch.stack(per_branch).mean(0)
         prediction = logits.argmax(1)

@@ -94,7 +94,7 @@ def build_optimizer(model: nn.Module, config: RunConfig, global_batch: int) -> t
 
     o = config.optim
     lr = o.lr * global_batch / o.lr_base_batch if o.lr_base_batch else o.lr
-    kwargs = {"momentum": o.momentum} if o.name == "sgd" else {}
+    kwargs: dict = {"momentum": o.momentum} if o.name == "sgd" else {"betas": o.betas}
     # One fused kernel per step instead of a loop over the parameters: 7% of a small model's step on a CPU.
     kwargs["fused"] = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     return create_optimizer_v2(model, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
