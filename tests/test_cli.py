@@ -67,8 +67,8 @@ def test_demo_trains_evaluates_and_continues(tmp_path):
             "epochs=1", "data.batch_size=32", "train.threads=1"]
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "on 40 images: top-1" in result.stdout
-    for name in ("curves.png", "best.pth", "eval/confusion.png", "eval/eval.json"):
+    assert "on 40 images: top-1" in result.stdout and "mirror image (crossvit eval --flip): top-1" in result.stdout
+    for name in ("curves.png", "best.pth", "eval/confusion.png", "eval/eval.json", "eval-flip/eval.json"):
         assert (tmp_path / "run" / name).is_file(), name
     again = subprocess.run(args, capture_output=True, text=True)  # a finished demo is evaluated again, not retrained
     assert again.returncode == 0 and "(continuing)" in again.stdout

@@ -29,12 +29,19 @@ def dagger_240():
     return model
 
 
+def small_data():
+    """The options for small images: shifted-patch tokenizer and locality self-attention."""
+    torch.manual_seed(0)
+    return crossvit.create_model("crossvit_micro_32", num_classes=3, tokenizer=("shifted", "linear"),
+                                 locality_attention=True).eval()
+
+
 def _images(model, batch, seed):
     size = model.config.img_size
     return torch.randn(batch, model.config.in_chans, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("build", [micro, dagger_240])
+@pytest.mark.parametrize("build", [micro, dagger_240, small_data])
 def test_onnx_matches_eager_at_two_batch_sizes(build, tmp_path):
     model = build()
     path = tmp_path / "m.onnx"

@@ -129,3 +129,32 @@ def test_shifted_tokenizer_cuts_the_image_and_four_half_patch_shifts():
 def test_unknown_tokenizer_names_the_choices():
     with pytest.raises(crossvit.CrossViTError, match="unknown tokenizer 'conv9'.*linear, conv3, shifted"):
         small_config(tokenizer="conv9")
+
+
+def test_locality_attention_never_attends_to_self_and_learns_its_temperature():
+    torch.manual_seed(0)
+    model = small_config(locality_attention=True)
+    model.keep_attention(True)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    attn = model.encoders[0].branches[0][0].attn
+    weights = attn.attention  # (B, heads, N, N)
+    assert weights.diagonal(dim1=-2, dim2=-1).abs().max() == 0
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert attn.scale.grad is not None and attn.scale.grad.abs() > 0
+    assert "encoders.0.branches.0.0.attn.scale" not in small_config().state_dict()  # off by default
+
+
+def test_self_masked_attention_kernels_agree():
+    """The fused kernel (long sequences) and the explicit matmuls (short ones) mask alike."""
+    from crossvit.model.layers import attend
+
+    class Stub:
+        attn_drop, training, keep_attention = 0.0, False, False
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 80, 16) for _ in range(3))
+    fused = attend(Stub(), q, k, v, scale=0.3, mask_self=True)  # 80 keys: the SDPA kernel
+    logits = (q * 0.3 @ k.transpose(-2, -1)).masked_fill(torch.eye(80, dtype=torch.bool), float("-inf"))
+    torch.testing.assert_close(fused, logits.softmax(-1) @ v)
+    short = attend(Stub(), q[:, :, :10], k[:, :, :10], v[:, :, :10], scale=0.3, mask_self=True)  # explicit
+    torch.testing.assert_close(short, logits[..., :10, :10].softmax(-1) @ v[:, :, :10])

@@ -72,6 +72,9 @@ class CrossViTConfig:
     in_chans: int = 3
     num_classes: int = 1000
     qkv_bias: bool = True
+    # Locality self-attention (Lee et al. 2021) in the branches' blocks: a learned temperature,
+    # and no token attends to itself. Meant for small images trained from scratch.
+    locality_attention: bool = False
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0

@@ -28,7 +28,7 @@ class MultiScaleEncoder(nn.Module):
         self.branches = nn.ModuleList(
             nn.Sequential(*(
                 Block(b.dim, b.num_heads, b.mlp_ratio, config.qkv_bias, config.drop_rate,
-                      config.attn_drop_rate, drop_path_rates[j], config.layer_norm_eps)
+                      config.attn_drop_rate, drop_path_rates[j], config.layer_norm_eps, config.locality_attention)
                 for j in range(b.depth)
             ))
             for b in config.branches

@@ -126,11 +126,15 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
-def attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
+           mask_self: bool = False) -> Tensor:
     """Scaled dot-product attention of (B, heads, N, D) tensors. With `module.keep_attention`
     set, the weights are computed explicitly and kept in `module.attention` (B, heads, Nq, Nk)
-    for visualisation; otherwise the fastest kernel we know for the case runs."""
+    for visualisation; otherwise the fastest kernel we know for the case runs. `scale`: of the
+    logits (default D ** -0.5); `mask_self`: query i may not attend to key i."""
     dropout = module.attn_drop if module.training else 0.0
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    self_mask = torch.eye(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device) if mask_self else None
     # On the CPU the flash kernel loses to two plain matmuls for short sequences: in fp32 up to
     # 64 keys (1.6-4x at the 5-50 tokens of the 28 px models), in bf16 without AMX up to 256 keys
     # (1.5x forward at 197 tokens) and in training at any length (2x forward+backward at 197).
@@ -138,17 +142,28 @@ def attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     explicit = q.device.type == "cpu" and not dropout and (
         short or (q.dtype == torch.bfloat16 and q.requires_grad))
     if module.keep_attention or explicit:
-        weights = (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
+        logits = q * scale @ k.transpose(-2, -1)
+        if self_mask is not None:
+            logits = logits.masked_fill(self_mask, float("-inf"))
+        weights = logits.softmax(-1)
         if module.keep_attention:
             module.attention = weights.detach()
         return weights @ v
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale,
+                                          attn_mask=None if self_mask is None else ~self_mask)
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    """Multi-head self-attention; with `locality` (LSA), a learned temperature and no attention
+    of a token to itself, which sharpens attention on small datasets."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 locality: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.locality = locality
+        if locality:  # the logit scale, starting at the usual 1 / sqrt(head width)
+            self.scale = nn.Parameter(torch.tensor((dim // num_heads) ** -0.5))
         self.attn_drop = attn_drop
         self.keep_attention = False
         self.attention: Tensor | None = None
@@ -159,17 +174,21 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
         q, k, v = run_linear(self.qkv, x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        return self.proj_drop(run_linear(self.proj, merge_heads(attend(self, q, k, v))))
+        if self.locality:
+            out = attend(self, q * self.scale, k, v, scale=1.0, mask_self=True)  # kernels take a float scale
+        else:
+            out = attend(self, q, k, v)
+        return self.proj_drop(run_linear(self.proj, merge_heads(out)))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + MSA(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop: float,
-                 attn_drop: float, drop_path: float, eps: float) -> None:
+                 attn_drop: float, drop_path: float, eps: float, locality: bool = False) -> None:
         super().__init__()
         self.norm1 = layer_norm(dim, eps)
-        self.attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop, drop, locality)
         self.norm2 = layer_norm(dim, eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path)
@@ -196,8 +215,11 @@ class ShiftedPatches(nn.Module):
         s, (h, w) = self.patch_size // 2, x.shape[-2:]
         padded = F.pad(x, (s, s, s, s))
         shifted = [padded[..., s + dy:s + dy + h, s + dx:s + dx + w] for dy, dx in ((-s, -s), (-s, s), (s, -s), (s, s))]
-        # (B, 5C * p * p, grid * grid) -> (B, grid * grid, 5C * p * p)
-        patches = F.unfold(torch.cat([x, *shifted], dim=1), self.patch_size, stride=self.patch_size).transpose(1, 2)
+        # (B, 5C, H, W) -> (B, grid * grid, 5C * p * p), channel-major within a patch; plain
+        # reshapes rather than F.unfold, so that every exporter knows them
+        views = torch.cat([x, *shifted], dim=1)
+        b, c, p, g = views.shape[0], views.shape[1], self.patch_size, h // self.patch_size
+        patches = views[..., :g * p, :g * p].reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)
         return run_linear(self.linear, self.norm(patches))
 
 

@@ -34,10 +34,13 @@ def run(args: argparse.Namespace) -> int:
         return 130
     report = evaluate_checkpoint(str(output / "best.pth"), output=str(output / "eval"))
     print("\n" + format_report(report))
+    flipped = evaluate_checkpoint(str(output / "best.pth"), output=str(output / "eval-flip"), flip=True)
+    print(f"averaging each image with its mirror image (crossvit eval --flip): top-1 {flipped['top1']:.2f}%")
     print(f"\nrun directory {output}:\n"
           f"  config.yaml    the resolved recipe\n"
           f"  metrics.jsonl  one line per epoch\n"
           f"  curves.png     loss, top-1 of the heads averaged and alone, learning rate\n"
           f"  best.pth       the best weights (crossvit eval / create_model(checkpoint=...) read it)\n"
-          f"  eval/          eval.json and confusion.png of best.pth on the 10,000 test images")
+          f"  eval/          eval.json and confusion.png of best.pth on the 10,000 test images\n"
+          f"  eval-flip/     the same, each image averaged with its mirror image")
     return 0
