@@ -182,13 +182,12 @@ def evaluate(model: nn.Module, loader, num_classes: int, world: World, precision
         if not len(batch.images):
             continue
         images, targets = batch.images.to(world.device), batch.targets.to(world.device)
+        n = len(images)
+        inputs = torch.cat([images, images.flip(-1)]) if flip else images  # one forward over both
         with autocast(world.device, precision):
-            if flip:  # one forward over both halves: mirrored copies after the originals
-                both = model.branch_logits(model.forward_features(torch.cat([images, images.flip(-1)])))
-                per_branch = [(logits[:len(images)].float() + logits[len(images):].float()) / 2 for logits in both]
-            else:
-                per_branch = model.branch_logits(model.forward_features(images))
-        per_branch = [logits.float() for logits in per_branch]
+            per_branch = [logits.float() for logits in model.branch_logits(model.forward_features(inputs))]
+        if flip:
+            per_branch = [(logits[:n] + logits[n:]) / 2 for logits in per_branch]
         logits = torch.stack(per_branch).mean(0)
         prediction = logits.argmax(1)
         top5 = logits.topk(min(5, num_classes), dim=1).indices.eq(targets[:, None]).any(1)
