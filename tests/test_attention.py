@@ -30,8 +30,8 @@ def layer_inputs(model, x):
     """What each attention layer of interest saw, captured by hooks on a plain forward pass."""
     seen = {}
 
-    def keep(name):
-        return lambda module, args: seen.__setitem__(name, args[0][0].detach())
+    def keep(name):  # a cross-attention layer is called with (agent, the tokens it asks): join them
+        return lambda module, args: seen.__setitem__(name, torch.cat(args, dim=1)[0].detach())
 
     hooks = [block.attn.register_forward_pre_hook(keep(f"encoder{k}_self_branch{b}"))
              for k, e in enumerate(model.encoders) for b, blocks in enumerate(e.branches) for block in blocks[-1:]]

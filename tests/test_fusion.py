@@ -6,7 +6,7 @@ import torch
 
 import crossvit
 from crossvit.model.config import FUSIONS
-from crossvit.model.fusion import FUSION_SCHEMES
+from crossvit.model.fusion import FUSION_SCHEMES, projected_cross_attention
 from crossvit import CrossViT
 from crossvit.tools.flops import count_macs
 
@@ -27,6 +27,29 @@ def _assert_every_parameter_learns(model, x):
         assert p.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
         assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("fusion_layers", [1, 2])
+def test_folded_cross_attention_equals_projecting_every_token(fusion_layers):
+    """With one query, the key projection folds into it and the value projection follows the
+    weighted sum: the logits and every gradient equal those of projecting every token."""
+    torch.manual_seed(0)
+    model = small_config(fusion_layers=fusion_layers).train()
+    x = torch.randn(4, 3, 32, 32)
+
+    def logits_and_grads():
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    folded = logits_and_grads()
+    with projected_cross_attention(model):
+        projected = logits_and_grads()
+    torch.testing.assert_close(folded[0], projected[0], rtol=1e-5, atol=1e-5)
+    for name, grad in projected[1].items():
+        torch.testing.assert_close(folded[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(layer.fold_query for layer in model.modules() if hasattr(layer, "fold_query"))  # restored
 
 
 @pytest.mark.parametrize("cls_token", [True, False], ids=["cls", "mean-agent"])

@@ -13,9 +13,11 @@ CrossViT-S ordering of cost holds: all-attention > cross-attention > pairwise > 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import CrossViTConfig
@@ -23,7 +25,13 @@ from .layers import DropPath, Projection, SelfAttention, attend, layer_norm, mer
 
 
 class CrossAttention(nn.Module):
-    """The first token asks all tokens: y = x_0 + DropPath(MCA(LN(x))), cost linear in tokens."""
+    """The first token asks all tokens: y = x_0 + DropPath(MCA(LN(x))), cost linear in tokens.
+
+    Called as `layer(agent, others)` with the agent (B, 1, C) and the tokens it asks besides
+    itself (B, N, C), so that they are never concatenated. With one query, the key projection
+    folds into the query and the value projection moves after the weighted sum (`_folded`):
+    the same result as projecting every token (`_projected`), at a fraction of the cost.
+    """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float,
                  drop_path: float, eps: float) -> None:
@@ -32,6 +40,8 @@ class CrossAttention(nn.Module):
         self.attn_drop = attn_drop
         self.keep_attention = False
         self.attention: Tensor | None = None
+        # False: project every token, as the paper's cost model (and its MAC counts) assume
+        self.fold_query = True
         self.norm = layer_norm(dim, eps)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.k = nn.Linear(dim, dim, bias=qkv_bias)
@@ -40,12 +50,56 @@ class CrossAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor) -> Tensor:
-        normed = self.norm(x)
+    def forward(self, agent: Tensor, others: Tensor) -> Tensor:
+        # quantized or otherwise swapped-in projections only promise to be called
+        foldable = self.fold_query and type(self.k) is nn.Linear and type(self.v) is nn.Linear
+        out = self._folded(agent, others) if foldable else self._projected(agent, others)
+        return agent + self.drop_path(self.proj_drop(run_linear(self.proj, out)))
+
+    def _projected(self, agent: Tensor, others: Tensor) -> Tensor:
+        normed = self.norm(torch.cat([agent, others], dim=1))
         q = split_heads(run_linear(self.q, normed[:, :1]), self.num_heads)
         k = split_heads(run_linear(self.k, normed), self.num_heads)
         v = split_heads(run_linear(self.v, normed), self.num_heads)
-        return x[:, :1] + self.drop_path(self.proj_drop(run_linear(self.proj, merge_heads(attend(self, q, k, v)))))
+        return merge_heads(attend(self, q, k, v))
+
+    def _folded(self, agent: Tensor, others: Tensor) -> Tensor:
+        b, _, c = agent.shape
+        h = self.num_heads
+        d = c // h
+        agent_n, others_n = self.norm(agent), self.norm(others)  # LayerNorm is per token
+        q = run_linear(self.q, agent_n).view(b, h, d) * d ** -0.5
+        # q . (W_k x + b_k) = (q W_k) . x + q . b_k
+        q_k = torch.einsum("bhd,hdc->bhc", q, self.k.weight.view(h, d, c))
+        logits = torch.cat([(q_k * agent_n).sum(-1, keepdim=True), q_k @ others_n.transpose(1, 2)], dim=-1)
+        if self.k.bias is not None:  # the same for every key, so it cancels in the softmax; kept so
+            # that b_k takes part in the graph (DDP insists that every parameter does)
+            logits = logits + (q * self.k.bias.view(h, d)).sum(-1, keepdim=True)
+        weights = logits.softmax(-1)  # (B, heads, 1 + N)
+        if self.keep_attention:
+            self.attention = weights.unsqueeze(2).detach()
+        if self.training and self.attn_drop:
+            weights = F.dropout(weights, self.attn_drop)
+        # sum_j w_j (W_v x_j + b_v) = W_v (sum_j w_j x_j) + (sum_j w_j) b_v
+        mixed = weights[..., :1] * agent_n + weights[..., 1:] @ others_n  # (B, heads, C)
+        out = torch.einsum("bhc,hdc->bhd", mixed, self.v.weight.view(h, d, c))
+        if self.v.bias is not None:
+            out = out + weights.sum(-1, keepdim=True) * self.v.bias.view(h, d)
+        return out.reshape(b, 1, c)
+
+
+@contextmanager
+def projected_cross_attention(model: nn.Module):
+    """Within the block, cross-attention projects every token, as the paper counts its cost."""
+    layers = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    before = [m.fold_query for m in layers]
+    for m in layers:
+        m.fold_query = False
+    try:
+        yield model
+    finally:
+        for m, fold in zip(layers, before):
+            m.fold_query = fold
 
 
 class CrossAttentionFusion(nn.Module):
@@ -76,7 +130,7 @@ class CrossAttentionFusion(nn.Module):
             other_patches = xs[(i + 1) % n][:, 1:]
             agent = self.project[i](xs[i][:, :1])
             for layer in self.attend[i]:
-                agent = layer(torch.cat([agent, other_patches], dim=1))
+                agent = layer(agent, other_patches)
             outs.append(torch.cat([self.revert[i](agent), xs[i][:, 1:]], dim=1))
         return outs
 
