@@ -1,6 +1,7 @@
 """Training end to end on generated data: results, files, resumption, faults, DDP, fine-tuning."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -113,6 +114,38 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(folder, tm
     assert (progress["epoch"], progress["step_in_epoch"]) == (1, 1)
     train(config, tmp_path / "resumed", resume=True)
     _assert_same_weights(tmp_path / "straight" / "last.pth", tmp_path / "resumed" / "last.pth")
+
+
+def test_a_time_limit_ends_the_run_and_its_schedule_on_the_clock(folder, tmp_path, monkeypatch):
+    """train.time_limit: the lr follows the training clock and reaches its floor when the minutes
+    are spent, whatever `epochs` says; resuming the finished run trains no further."""
+    from types import SimpleNamespace
+
+    from crossvit.training import engine
+
+    clock = {"t": 0.0}
+
+    def one_second_later():  # each step reads the clock once: every step takes one second
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=one_second_later))
+    config = _config(folder, *PLAIN, "epochs=50", "train.time_limit=0.15", "optim.min_lr=1e-5")  # 9 s; 6 steps an epoch
+    result = train(config, tmp_path / "run")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result.epochs_done == 2 and not result.interrupted
+    assert [m.get("time_limit_reached", False) for m in metrics] == [False, True]
+    assert [m["train_seconds"] for m in metrics] == [6.0, 9.0]
+    # After epoch 1, 6 of the 9 seconds are spent: the cosine stands at 2/3 of its way.
+    lr_max, lr_min = 3e-3, 1e-5
+    assert metrics[0]["lr"] == pytest.approx(lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * 2 / 3)))
+    assert metrics[1]["lr"] == pytest.approx(lr_min)
+    assert "val_top1" in metrics[1]  # the partial last epoch is evaluated
+    before = _weights(tmp_path / "run" / "last.pth")
+    again = train(config, tmp_path / "run", resume=True)
+    assert again.epochs_done == 2
+    after = _weights(tmp_path / "run" / "last.pth")
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_killed_process_resumes_from_its_last_checkpoint(folder, tmp_path):

@@ -83,6 +83,9 @@ class TrainSection:
     compile: bool = False
     threads: int | None = None  # CPU threads per process (None: torch's default)
     eval_every: int = 1  # epochs
+    # Minutes of training (steps and data loading; evaluation not counted). The lr schedule then
+    # follows the clock, and the run ends when they are spent or after `epochs`, whichever is first.
+    time_limit: float | None = None
     checkpoint_minutes: float = 10.0  # also save mid-epoch this often
     log_every: int = 20  # steps between progress-bar refreshes
 
@@ -116,7 +119,8 @@ LOWER_BOUNDS = {
     "optim.warmup_epochs": (0, True), "optim.warmup_lr": (0, True), "optim.min_lr": (0, True),
     "optim.lr_base_batch": (0, True), "optim.clip_grad": (0, False), "aug.repeated": (1, True),
     "model.drop_path_rate": (0, True), "model.img_size": (1, True), "train.eval_every": (1, True),
-    "train.checkpoint_minutes": (0, False), "train.threads": (1, True), "train.log_every": (1, True),
+    "train.checkpoint_minutes": (0, False), "train.time_limit": (0, False), "train.threads": (1, True),
+    "train.log_every": (1, True),
 }
 PROBABILITIES = ("aug.hflip", "aug.random_erasing", "aug.mixup_switch_prob", "aug.smoothing", "train.ema",
                  "model.drop_path_rate")

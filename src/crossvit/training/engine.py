@@ -48,6 +48,20 @@ class StepContext:
     clip_grad: float | None
     seed: int
     strict: bool = False  # an unreadable image stops the run
+    total_steps: int = 0  # optimizer steps of the whole schedule
+    # Seconds spent training (steps and data, not evaluation), over epochs and resumptions. With
+    # a budget the lr schedule follows this clock instead of the step count, and the run ends
+    # when it is spent: the same recipe then uses the same minutes on a slow or a fast machine.
+    train_seconds: float = 0.0
+    budget_seconds: float | None = None
+
+    def schedule_position(self, global_step: int) -> float:
+        if self.budget_seconds is None:
+            return global_step
+        return min(1.0, self.train_seconds / self.budget_seconds) * self.total_steps
+
+    def budget_spent(self) -> bool:
+        return self.budget_seconds is not None and self.train_seconds >= self.budget_seconds
 
 
 def _report_bad(batch: Batch, strict: bool) -> None:
@@ -72,18 +86,19 @@ class EpochStats:
 
 def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps_per_epoch: int,
                     requests: Callable[[], tuple[bool, bool]],
-                    on_step: Callable[[int, EpochStats, bool], None]) -> tuple[EpochStats, bool]:
-    """Train from optimizer step `first_step` of `epoch` to its end; return the stats and whether
-    it stopped early.
+                    on_step: Callable[[int, EpochStats, bool], None]) -> tuple[EpochStats, str | None]:
+    """Train from optimizer step `first_step` of `epoch` to its end; return the stats and why it
+    stopped early: "signal", "budget" (ctx.budget_seconds spent) or None.
 
     `requests()` says whether this process wants a checkpoint now and whether it wants to stop;
-    all processes agree on both after every optimizer step. `on_step(step, stats, save)` runs
-    then. Raises LossDiverged, before applying the step, when any process's loss is not finite.
+    all processes agree on both, and on the budget, after every optimizer step. `on_step(step,
+    stats, save)` runs then. Raises LossDiverged, before applying the step, when any process's
+    loss is not finite.
     """
     model, world = ctx.model, ctx.world
     model.train()
     stats = EpochStats()
-    start = time.perf_counter()
+    start = tick = time.perf_counter()
     step = first_step
     micro = 0
     batches = iter(loader)
@@ -117,10 +132,14 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps
         if not boundary:
             continue
         micro = 0
-        # One agreement per step: is every loss finite, does any process want a save, or to stop?
+        now = time.perf_counter()
+        ctx.train_seconds += now - tick
+        tick = now
+        # One agreement per step: is every loss finite, does any process want a save, or to stop,
+        # and is the time budget spent (then this step is the last)?
         save, stop = requests()
-        flags = all_sum(torch.tensor([float(math.isfinite(loss_value)), float(save), float(stop)],
-                                     device=world.device), world).tolist()
+        flags = all_sum(torch.tensor([float(math.isfinite(loss_value)), float(save), float(stop),
+                                      float(ctx.budget_spent())], device=world.device), world).tolist()
         if flags[0] < world.size:
             ctx.optimizer.zero_grad(set_to_none=True)
             raise LossDiverged(f"the training loss became {loss_value} at epoch {epoch + 1}, step {step + 1}")
@@ -135,18 +154,18 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps
             ctx.optimizer.step()
         ctx.optimizer.zero_grad(set_to_none=True)
         global_step = epoch * steps_per_epoch + step + 1
-        ctx.scheduler.step_update(global_step)
+        ctx.scheduler.step_update(ctx.schedule_position(global_step))
         if ctx.ema is not None:
             ctx.ema.update(model, step=global_step)
         step += 1
         stats.steps += 1
-        stats.seconds = time.perf_counter() - start  # on_step reports img/s
-        stopping = bool(flags[2] > 0)
-        on_step(step, stats, stopping or bool(flags[1] > 0))
-        if stopping:
-            return stats, True
+        stats.seconds = now - start  # on_step reports img/s
+        reason = "signal" if flags[2] > 0 else "budget" if flags[3] > 0 else None
+        on_step(step, stats, reason == "signal" or bool(flags[1] > 0))
+        if reason:
+            return stats, reason
     stats.seconds = time.perf_counter() - start
-    return stats, False
+    return stats, None
 
 
 @dataclass

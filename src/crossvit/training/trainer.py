@@ -192,7 +192,6 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
         progress = state["progress"]
         epoch, first_step = progress["epoch"], progress["step_in_epoch"]
         best_top1, best_epoch = progress["best_top1"], progress["best_epoch"]
-        scheduler.step_update(epoch * steps_per_epoch + first_step)
         if world.is_main:
             log.info("resuming %s at epoch %d, step %d", output, epoch + 1, first_step)
 
@@ -214,7 +213,11 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
     if t.compile:
         train_model = torch.compile(train_model)
     ctx = StepContext(train_model, optimizer, scheduler, criterion, mixup, scaler, ema, world, t.precision,
-                      o.accum_steps, o.clip_grad, config.seed, d.strict)
+                      o.accum_steps, o.clip_grad, config.seed, d.strict, total_steps=config.epochs * steps_per_epoch,
+                      budget_seconds=t.time_limit * 60 if t.time_limit else None)
+    if state is not None:
+        ctx.train_seconds = state["progress"].get("train_seconds", 0.0)
+        scheduler.step_update(ctx.schedule_position(epoch * steps_per_epoch + first_step))
 
     if world.is_main:
         output.mkdir(parents=True, exist_ok=True)
@@ -234,7 +237,8 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
         if not world.is_main:
             return
         parts = {
-            "progress": {"epoch": epoch_, "step_in_epoch": step_, "best_top1": best_top1, "best_epoch": best_epoch},
+            "progress": {"epoch": epoch_, "step_in_epoch": step_, "best_top1": best_top1, "best_epoch": best_epoch,
+                         "train_seconds": ctx.train_seconds},
             "run_config": config.to_dict(),
         }
         if full:
@@ -250,7 +254,7 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
     interrupted = False
     final: EvalResult | None = None
     try:
-        while epoch < config.epochs:
+        while epoch < config.epochs and not ctx.budget_spent():
             train_set.set_epoch(epoch)
             loader = datasets.train_loader(train_set, micro_batch, d.workers, world.rank, world.size, config.seed,
                                            a.repeated, first_step * o.accum_steps, pin)
@@ -268,18 +272,21 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
                     save(last_path, epoch, step, eval_weights())
                     last_save = time.monotonic()
 
-            stats, stopped = train_one_epoch(ctx, loader, epoch, first_step, steps_per_epoch, requests, on_step)
+            stats, stopped_by = train_one_epoch(ctx, loader, epoch, first_step, steps_per_epoch, requests, on_step)
             bar.close()
             bad_files.update(stats.bad_files)
-            if stopped:
+            if stopped_by == "signal":
                 interrupted = True
                 break
             record = {"epoch": epoch + 1, "train_loss": stats.loss, "lr": optimizer.param_groups[0]["lr"],
                       "img_per_s": stats.samples * world.size / max(stats.seconds, 1e-9),
-                      "epoch_seconds": stats.seconds, "elapsed_seconds": time.perf_counter() - started}
+                      "epoch_seconds": stats.seconds, "elapsed_seconds": time.perf_counter() - started,
+                      "train_seconds": ctx.train_seconds}
+            if stopped_by == "budget":  # the last, partial epoch
+                record["time_limit_reached"] = True
             epoch += 1
             first_step = 0
-            evaluated = epoch % t.eval_every == 0 or epoch == config.epochs
+            evaluated = epoch % t.eval_every == 0 or epoch == config.epochs or ctx.budget_spent()
             if evaluated:
                 final = evaluate(eval_weights(), val_loader, len(class_names), world, t.precision, d.strict)
                 bad_files.update(final.bad_files)
@@ -316,6 +323,8 @@ def _epoch_line(record: dict, epochs: int) -> str:
     if "val_top1" in record:
         heads = " / ".join(f"{v:.2f}" for v in record["val_branch_top1"])
         line += f"  |  val loss {record['val_loss']:.4f}  top-1 {record['val_top1']:.2f}  top-5 {record['val_top5']:.2f}  heads {heads}"
+    if record.get("time_limit_reached"):
+        line += f"  |  time limit reached after {record['train_seconds'] / 60:.1f} min of training"
     if record.get("bad_files"):
         line += f"  |  {record['bad_files']} unreadable images skipped"
     return line
