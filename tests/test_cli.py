@@ -65,13 +65,14 @@ def test_demo_trains_evaluates_and_continues(tmp_path):
     data = make_fashion_mnist(tmp_path / "fm", train=128, val=40)
     args = [sys.executable, "-m", "crossvit", "demo", "--data", str(data), "--output", str(tmp_path / "run"),
             "epochs=1", "data.batch_size=32", "train.threads=1"]
-    result = subprocess.run(args, capture_output=True, text=True)
+    result = subprocess.run(args + ["aug.hflip=0.5"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "on 40 images: top-1" in result.stdout and "mirror image (crossvit eval --flip): top-1" in result.stdout
     for name in ("curves.png", "best.pth", "eval/confusion.png", "eval/eval.json", "eval-flip/eval.json"):
         assert (tmp_path / "run" / name).is_file(), name
-    again = subprocess.run(args, capture_output=True, text=True)  # a finished demo is evaluated again, not retrained
+    again = subprocess.run(args + ["aug.hflip=0"], capture_output=True, text=True)  # evaluated again, not retrained
     assert again.returncode == 0 and "(continuing)" in again.stdout
+    assert "mirror image" not in again.stdout  # a model never shown mirrored images is not judged on them
 
 
 def test_output_piped_into_a_reader_that_leaves_early_is_not_an_error():

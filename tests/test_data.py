@@ -149,9 +149,9 @@ def _fashion_sets(tmp_path, *overrides):
 
 
 def test_in_memory_batches_match_the_per_sample_pipeline(tmp_path):
-    """Fashion-MNIST with flips only (the recipe) takes the batch path: evaluation batches equal
-    what the PIL transforms give, flips are exact mirror images, chosen per sample."""
-    train, val, meta, _ = _fashion_sets(tmp_path)
+    """Fashion-MNIST with flips only takes the batch path: evaluation batches equal what the PIL
+    transforms give, flips are exact mirror images, chosen per sample."""
+    train, val, meta, _ = _fashion_sets(tmp_path, "aug.hflip=0.5")
     assert isinstance(train, InMemoryImages) and isinstance(val, InMemoryImages)
     reference = FashionMNIST(tmp_path, "val", D.eval_transform(meta))
     batch = D.collate(val.__getitems__([0, 5, 31]))

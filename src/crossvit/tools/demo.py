@@ -26,21 +26,24 @@ def run(args: argparse.Namespace) -> int:
         config, resume = config_of_run(output, overrides)
     else:
         config = load_config("fashion_mnist", overrides)
-    print(f"training {config.model.name} on Fashion-MNIST for {config.epochs} epochs into {output}"
-          + (" (continuing)" if resume else ""))
+    length = (f"{config.train.time_limit:g} minutes (at most {config.epochs} epochs)" if config.train.time_limit
+              else f"{config.epochs} epochs")
+    print(f"training {config.model.name} on Fashion-MNIST for {length} into {output}" + (" (continuing)" if resume else ""))
     result = train(config, output, resume=resume)
     if result.interrupted:
         print(f"stopped; `crossvit demo --output {output}` continues where it stopped")
         return 130
     report = evaluate_checkpoint(str(output / "best.pth"), output=str(output / "eval"))
     print("\n" + format_report(report))
-    flipped = evaluate_checkpoint(str(output / "best.pth"), output=str(output / "eval-flip"), flip=True)
-    print(f"averaging each image with its mirror image (crossvit eval --flip): top-1 {flipped['top1']:.2f}%")
-    print(f"\nrun directory {output}:\n"
-          f"  config.yaml    the resolved recipe\n"
-          f"  metrics.jsonl  one line per epoch\n"
-          f"  curves.png     loss, top-1 of the heads averaged and alone, learning rate\n"
-          f"  best.pth       the best weights (crossvit eval / create_model(checkpoint=...) read it)\n"
-          f"  eval/          eval.json and confusion.png of best.pth on the 10,000 test images\n"
-          f"  eval-flip/     the same, each image averaged with its mirror image")
+    files = (f"\nrun directory {output}:\n"
+             f"  config.yaml    the resolved recipe\n"
+             f"  metrics.jsonl  one line per epoch\n"
+             f"  curves.png     loss, top-1 of the heads averaged and alone, learning rate\n"
+             f"  best.pth       the best weights (crossvit eval / create_model(checkpoint=...) read it)\n"
+             f"  eval/          eval.json and confusion.png of best.pth on the 10,000 test images")
+    if config.aug.hflip > 0:  # mirror averaging helps only a model that was shown mirrored images
+        flipped = evaluate_checkpoint(str(output / "best.pth"), output=str(output / "eval-flip"), flip=True)
+        print(f"averaging each image with its mirror image (crossvit eval --flip): top-1 {flipped['top1']:.2f}%")
+        files += "\n  eval-flip/     the same, each image averaged with its mirror image"
+    print(files)
     return 0
