@@ -118,7 +118,8 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(folder, tm
 
 def test_a_time_limit_ends_the_run_and_its_schedule_on_the_clock(folder, tmp_path, monkeypatch):
     """train.time_limit: the lr follows the training clock and reaches its floor when the minutes
-    are spent, whatever `epochs` says; resuming the finished run trains no further."""
+    are spent, whatever `epochs` says; resuming the finished run trains no further; a run whose
+    epochs end first follows its steps."""
     from types import SimpleNamespace
 
     from crossvit.training import engine
@@ -146,6 +147,12 @@ def test_a_time_limit_ends_the_run_and_its_schedule_on_the_clock(folder, tmp_pat
     assert again.epochs_done == 2
     after = _weights(tmp_path / "run" / "last.pth")
     assert all(torch.equal(before[k], after[k]) for k in before)
+    # Fewer epochs than the minutes allow: the schedule follows the steps and still ends annealed.
+    clock["t"] = 0.0
+    short = train(_config(folder, *PLAIN, "epochs=1", "train.time_limit=10", "optim.min_lr=1e-5"), tmp_path / "short")
+    last = json.loads((tmp_path / "short" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert short.epochs_done == 1 and "time_limit_reached" not in last
+    assert last["lr"] == pytest.approx(lr_min, abs=1e-6)
 
 
 def test_killed_process_resumes_from_its_last_checkpoint(folder, tmp_path):

@@ -50,15 +50,16 @@ class StepContext:
     strict: bool = False  # an unreadable image stops the run
     total_steps: int = 0  # optimizer steps of the whole schedule
     # Seconds spent training (steps and data, not evaluation), over epochs and resumptions. With
-    # a budget the lr schedule follows this clock instead of the step count, and the run ends
-    # when it is spent: the same recipe then uses the same minutes on a slow or a fast machine.
+    # a budget the lr schedule follows this clock or the step count, whichever is further along,
+    # and the run ends when either is spent: the same recipe then uses the same minutes on a slow
+    # or a fast machine, and fewer epochs than the minutes allow still end annealed.
     train_seconds: float = 0.0
     budget_seconds: float | None = None
 
     def schedule_position(self, global_step: int) -> float:
         if self.budget_seconds is None:
             return global_step
-        return min(1.0, self.train_seconds / self.budget_seconds) * self.total_steps
+        return max(global_step, min(1.0, self.train_seconds / self.budget_seconds) * self.total_steps)
 
     def budget_spent(self) -> bool:
         return self.budget_seconds is not None and self.train_seconds >= self.budget_seconds
