@@ -84,7 +84,8 @@ class TrainSection:
     threads: int | None = None  # CPU threads per process (None: torch's default)
     eval_every: int = 1  # epochs
     # Minutes of training (steps and data loading; evaluation not counted). The lr schedule then
-    # follows the clock, and the run ends when they are spent or after `epochs`, whichever is first.
+    # follows the clock or the steps, whichever is further along, and the run ends when the minutes
+    # are spent or after `epochs`, whichever comes first.
     time_limit: float | None = None
     checkpoint_minutes: float = 10.0  # also save mid-epoch this often
     log_every: int = 20  # steps between progress-bar refreshes
