@@ -39,6 +39,15 @@ def test_report_is_consistent(capsys, tmp_path):
     assert float(table[1]["crossvit_img_s"]) == pytest.approx(rows[1]["crossvit"]["best_img_s"])
 
 
+def test_compile_mode_reaches_torch_compile(capsys, monkeypatch):
+    modes = []
+    monkeypatch.setattr(benchmark.torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    report = _run(capsys, "crossvit_micro_32", "--mode", "infer", "--batch-size", "2", "--compile", "both",
+                  "--compile-mode", "reduce-overhead")
+    assert modes == ["reduce-overhead"]
+    assert [(r["compiled"], r["compile_mode"]) for r in report["results"]] == [(False, None), (True, "reduce-overhead")]
+
+
 @pytest.mark.slow
 def test_compare_with_timm_uses_the_same_weights(capsys):
     report = _run(capsys, "crossvit_tiny_240", "--compare", "timm", "--mode", "latency")

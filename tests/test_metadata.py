@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import crossvit
-from crossvit.tools.flops import count_macs, count_params
+from crossvit.tools.flops import count_macs, count_params, model_macs
 from crossvit.tools.models_table import describe
 
 from conftest import facts_table
@@ -38,6 +38,13 @@ def test_counting_on_meta_device_equals_counting_real_weights():
     macs = count_macs(real, torch.zeros(1, 3, 240, 240))
     assert abs(macs / 1e9 - describe("crossvit_9_240")["gmacs"]) < 1e-3
     assert count_params(real) == describe("crossvit_9_240")["params"]
+
+
+def test_model_macs_counts_on_the_models_own_device():
+    # `crossvit bench --device cuda` once fed CPU zeros to a CUDA model; meta stands in for CUDA here
+    model = crossvit.create_model("crossvit_tiny_240")
+    on_cpu = model_macs(model)
+    assert model_macs(model.to("meta")) == on_cpu
 
 
 def test_every_variant_has_preprocessing_metadata():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import platform
@@ -25,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="fp32, or bf16/fp16 autocast")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--compile", choices=("off", "on", "both"), default="off", help="torch.compile the models")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                   help="torch.compile's mode (reduce-overhead: CUDA graphs on GPU)")
     p.add_argument("--img-size", type=int, help="input size (default: the variant's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
@@ -38,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_of(args: argparse.Namespace) -> list[bm.Setting]:
     compiled = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    return [bm.Setting(mode, 1 if mode == "latency" else args.batch_size, precision, c)
+    return [bm.Setting(mode, 1 if mode == "latency" else args.batch_size, precision, c, args.compile_mode)
             for c in compiled for precision in args.precision for mode in args.mode]
 
 
@@ -61,7 +64,7 @@ def measure(contenders: list[bm.Contender], setting: bm.Setting, img_size: int, 
             smaller = setting.batch_size // 2
             print(f"out of memory at batch {setting.batch_size} ({setting.mode}, {setting.precision}); "
                   f"trying batch {smaller}")
-            setting = bm.Setting(setting.mode, smaller, setting.precision, setting.compiled)
+            setting = dataclasses.replace(setting, batch_size=smaller)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -92,6 +95,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         setting, timings = measure(contenders, wanted, img_size, in_chans, device, args.rounds, args.round_seconds)
         flops_per_image = 2 * macs * (3 if setting.mode == "train" else 1)  # backward costs about twice the forward
         row = {"mode": setting.mode, "precision": setting.precision, "compiled": setting.compiled,
+               "compile_mode": setting.compile_mode if setting.compiled else None,
                "batch_size": timings["crossvit"].batch_size}
         for name, t in timings.items():
             row[name] = {**t.summary(),
@@ -104,14 +108,15 @@ def run_bench(args: argparse.Namespace) -> dict:
     return report
 
 
-COLUMNS = ["mode", "precision", "compiled", "batch_size", "crossvit_img_s", "crossvit_ms", "crossvit_peak_mb",
+COLUMNS = ["mode", "precision", "compiled", "compile_mode", "batch_size", "crossvit_img_s", "crossvit_ms", "crossvit_peak_mb",
            "crossvit_peak_fraction", "timm_img_s", "timm_ms", "timm_peak_mb", "speedup_best", "speedup_median"]
 
 
 def flat_rows(report: dict) -> list[dict]:
     rows = []
     for r in report["results"]:
-        flat = {k: r.get(k) for k in ("mode", "precision", "compiled", "batch_size", "speedup_best", "speedup_median")}
+        flat = {k: r.get(k) for k in ("mode", "precision", "compiled", "compile_mode", "batch_size", "speedup_best",
+                                     "speedup_median")}
         for name in ("crossvit", "timm"):
             t = r.get(name)
             if t:
@@ -136,7 +141,8 @@ def format_table(report: dict) -> str:
     body = []
     for r in report["results"]:
         o, t = r["crossvit"], r.get("timm")
-        body.append([r["mode"], r["precision"], "yes" if r["compiled"] else "no", str(r["batch_size"]),
+        compiled = (r["compile_mode"] if r["compile_mode"] != "default" else "yes") if r["compiled"] else "no"
+        body.append([r["mode"], r["precision"], compiled, str(r["batch_size"]),
                      f"{o['best_img_s']:.1f} ({o['median_img_s']:.1f})", f"{o['best_ms']:.1f}",
                      _fmt(o["peak_memory_mb"], ".0f"), f"{100 * o['peak_fraction']:.0f}%",
                      f"{t['best_img_s']:.1f} ({t['median_img_s']:.1f})" if t else "-", f"{t['best_ms']:.1f}" if t else "-",

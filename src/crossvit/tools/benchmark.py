@@ -32,6 +32,7 @@ class Setting:
     batch_size: int
     precision: str  # fp32, or bf16/fp16 autocast
     compiled: bool = False
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead replays CUDA graphs
 
 
 @dataclass
@@ -76,7 +77,7 @@ def make_step(model: nn.Module, setting: Setting, img_size: int, in_chans: int,
     """A closure running one step of `setting` on fixed random data."""
     batch = 1 if setting.mode == "latency" else setting.batch_size
     images = torch.randn(batch, in_chans, img_size, img_size, device=device)
-    forward = torch.compile(model) if setting.compiled else model
+    forward = torch.compile(model, mode=setting.compile_mode) if setting.compiled else model
     if setting.mode != "train":
         def infer() -> None:
             with torch.inference_mode(), autocast(device, setting.precision):
@@ -129,7 +130,7 @@ def peak_memory_of(step: Callable[[], None], device: torch.device) -> float | No
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, rounds: int, min_seconds: float,
-                     warmup: int = 2) -> dict[str, list[float]]:
+                     warmup: int = 3) -> dict[str, list[float]]:
     """Per contender, the mean seconds per step in each round; rounds alternate contenders."""
     iters: dict[str, int] = {}
     for name, step in steps.items():
@@ -154,9 +155,11 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device,
     return seconds
 
 
-def matmul_peak_gflops(device: torch.device, precision: str, size: int = 2048, repeats: int = 10) -> float:
-    """The machine's matmul throughput in `precision` (best of a few square products)."""
+def matmul_peak_gflops(device: torch.device, precision: str, size: int | None = None, repeats: int = 10) -> float:
+    """The machine's matmul throughput in `precision` (best of a few square products; on a GPU
+    large enough that one product outlasts the launch and the synchronisation)."""
     dtype = PRECISIONS[precision]
+    size = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(3):  # let the clocks and the thread pool wake up

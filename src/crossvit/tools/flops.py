@@ -52,6 +52,6 @@ def model_macs(model: nn.Module) -> int:
     was_training = model.training
     model.eval()
     try:
-        return count_macs(model, torch.zeros(1, c, size, size))
+        return count_macs(model, torch.zeros(1, c, size, size, device=next(model.parameters()).device))
     finally:
         model.train(was_training)
