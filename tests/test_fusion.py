@@ -52,6 +52,19 @@ def test_folded_cross_attention_equals_projecting_every_token(fusion_layers):
     assert all(layer.fold_query for layer in model.modules() if hasattr(layer, "fold_query"))  # restored
 
 
+def test_cross_attention_folds_on_the_cpu_only(monkeypatch):
+    """On a GPU the folded form's extra small kernels cost more than the projections it saves
+    (H200, eager); meta tensors stand in for a GPU's."""
+    layer = next(m for m in small_config().modules() if hasattr(m, "fold_query"))
+    calls = []
+    monkeypatch.setattr(type(layer), "_folded", lambda self, a, o: calls.append("folded") or a)
+    monkeypatch.setattr(type(layer), "_projected", lambda self, a, o: calls.append("projected") or a)
+    width = layer.q.in_features
+    layer(torch.randn(2, 1, width), torch.randn(2, 5, width))
+    layer.to("meta")(torch.randn(2, 1, width, device="meta"), torch.randn(2, 5, width, device="meta"))
+    assert calls == ["folded", "projected"]
+
+
 @pytest.mark.parametrize("cls_token", [True, False], ids=["cls", "mean-agent"])
 @pytest.mark.parametrize("fusion", SCHEMES)
 def test_forward_backward_reaches_every_parameter(fusion, cls_token):
