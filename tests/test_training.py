@@ -256,6 +256,19 @@ def test_bf16_autocast_trains_on_cpu(folder, tmp_path):
     assert result.final is not None and result.final.loss == result.final.loss  # finite, not NaN
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_picks_bf16_only_where_it_is_native(folder, tmp_path, monkeypatch, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    chosen = []
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: chosen.append(k.get("dtype")) or real_autocast(*a, **k))
+    train(_config(folder, *PLAIN, "epochs=1", "data.limit_train=16", "train.precision=auto"), tmp_path / "run")
+    saved = load_config(str(tmp_path / "run" / "config.yaml")).train.precision
+    assert saved == ("bf16" if native else "fp32")
+    assert (torch.bfloat16 in chosen) == native
+
+
 def test_cli_errors_are_one_line(folder, tmp_path):
     for args, message in (
         (["train", "small_folder", "--data", str(tmp_path / "missing")], "dataset folder .*missing does not exist"),

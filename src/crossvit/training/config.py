@@ -77,7 +77,9 @@ class OptimSection:
 @dataclass
 class TrainSection:
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: GPU only, with loss scaling)
+    # fp32 | bf16 | fp16 (fp16: GPU only, with loss scaling) | auto (bf16 where the device runs it
+    # natively, else fp32; the saved config holds what was chosen)
+    precision: str = "fp32"
     ema: float | None = None  # decay of an exponential moving average of the weights
     grad_checkpointing: bool = False
     compile: bool = False
@@ -110,7 +112,7 @@ CHOICES = {
     "aug.crop": ("rrc", "pad", "none"),
     "optim.name": ("adamw", "sgd"),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("fp32", "bf16", "fp16", "auto"),
 }
 # key: (smallest allowed, whether the bound itself is allowed)
 LOWER_BOUNDS = {
