@@ -21,7 +21,7 @@ from ..model.checkpoint import FORMAT_TAG
 from ..model.factory import create_model
 from . import distributed
 from .config import RunConfig, load_config, save_config
-from .engine import EvalResult, LossDiverged, StepContext, evaluate, resolve_precision, train_one_epoch
+from .engine import EvalResult, LossDiverged, StepContext, evaluate, native_bf16, train_one_epoch
 from .plots import plot_curves
 from .state import load_state, save_state
 
@@ -152,7 +152,7 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
         raise CrossViTError(f"data.batch_size={d.batch_size} must be divisible by processes x optim.accum_steps "
                             f"= {world.size} x {o.accum_steps}")
     if t.precision == "auto":
-        t.precision = resolve_precision(t.precision, world.device)
+        t.precision = "bf16" if native_bf16(world.device) else "fp32"  # saved as chosen
         if world.is_main:
             log.info("train.precision=auto: %s on this %s", t.precision, world.device.type.upper())
     if t.precision == "fp16" and world.device.type != "cuda":
