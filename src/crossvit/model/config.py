@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import CrossViTError
 
-TOKENIZERS = ("linear", "conv3", "shifted")
+TOKENIZERS = ("linear", "conv3", "shifted", "t2t")
 FUSIONS = ("cross_attention", "all_attention", "class_token", "pairwise", "none")
 
 
@@ -32,10 +32,16 @@ class BranchConfig:
         """Side of the patch grid this branch produces (the tokenizers keep images square)."""
         if self.tokenizer in ("linear", "shifted"):
             return self.img_size // self.patch_size
-        size = self.img_size
-        for kernel, stride, padding in conv3_layout(self.patch_size):
-            size = (size + 2 * padding - kernel) // stride + 1
-        return size
+        layout = t2t_layout(self.patch_size) if self.tokenizer == "t2t" else conv3_layout(self.patch_size)
+        return layout_grid(self.img_size, layout)
+
+
+def layout_grid(size: int, layout: list[tuple[int, int, int]]) -> int:
+    """Side of the map left after sliding windows (kernel, stride, padding) over `size` pixels
+    one after another (the same arithmetic for convolutions and nn.Unfold)."""
+    for kernel, stride, padding in layout:
+        size = (size + 2 * padding - kernel) // stride + 1
+    return size
 
 
 def conv3_layout(patch_size: int) -> list[tuple[int, int, int]]:
@@ -56,6 +62,31 @@ def conv3_layout(patch_size: int) -> list[tuple[int, int, int]]:
             "use tokenizer='linear' for other patch sizes"
         )
     return [(7, 4, 3), *rest[patch_size]]
+
+
+def t2t_layout(patch_size: int) -> list[tuple[int, int, int]]:
+    """(kernel, stride, padding) of the soft splits of the Tokens-to-Token tokenizer; the
+    strides multiply to the patch size.
+
+    16 is T2T-ViT's own layout; the others keep its 7x7 first split where the patch allows it
+    (for 4 px patches a 3x3/2 split instead). The paddings make every layout give exactly
+    img_size // patch_size tokens per side for the image sizes we use (224 with 16, 240 with
+    12, 32 with 4 and 8, 28 with 4 and 14). Patch 12 keeps a third, stride-1 split, so that
+    both branches of CrossViT-18+T2T (12 and 16) get T2T-ViT's two token transformer layers.
+    """
+    layouts = {
+        4: [(3, 2, 1), (3, 2, 1)],
+        8: [(7, 4, 2), (3, 2, 1)],
+        12: [(7, 4, 2), (3, 3, 0), (3, 1, 1)],
+        14: [(7, 7, 0), (3, 2, 1)],
+        16: [(7, 4, 2), (3, 2, 1), (3, 2, 1)],
+    }
+    if patch_size not in layouts:
+        raise CrossViTError(
+            f"tokenizer 't2t' supports patch sizes 4, 8, 12, 14 and 16, not {patch_size}; "
+            "use tokenizer='linear' for other patch sizes"
+        )
+    return list(layouts[patch_size])
 
 
 @dataclass(frozen=True)
@@ -110,6 +141,8 @@ class CrossViTConfig:
             if b.tokenizer == "conv3":
                 conv3_layout(b.patch_size)
                 need(b.dim % 4 == 0, f"branch {i}: the conv3 tokenizer needs dim divisible by 4, got {b.dim}")
+            if b.tokenizer == "t2t":
+                t2t_layout(b.patch_size)
             need(b.grid_size() >= 1, f"branch {i}: image size {b.img_size} is smaller than its patch {b.patch_size}")
 
     # -- derived quantities -------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import conv3_layout
+from .config import conv3_layout, layout_grid, t2t_layout
 
 
 def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
@@ -223,9 +223,61 @@ class ShiftedPatches(nn.Module):
         return run_linear(self.linear, self.norm(patches))
 
 
+class TokenTransformer(nn.Module):
+    """One re-structuring layer of Tokens-to-Token: pre-norm single-head self-attention whose
+    q, k and v narrow the unfolded patch width `in_dim` to `dim`, then an MLP of ratio 1.
+    The attention's input is wider than its output, so it cannot be the shortcut; as in
+    T2T-ViT the value vectors are."""
+
+    def __init__(self, in_dim: int, dim: int, eps: float) -> None:
+        super().__init__()
+        self.dim = dim
+        self.norm1 = layer_norm(in_dim, eps)
+        self.qkv = nn.Linear(in_dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = layer_norm(dim, eps)
+        self.mlp = Mlp(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        # (B, N, 3 * dim) -> three (B, 1 head, N, dim)
+        q, k, v = run_linear(self.qkv, self.norm1(x)).view(b, n, 3, 1, self.dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # scale 1 / sqrt(dim): the width of q and k
+        x = v.reshape(b, n, self.dim) + run_linear(self.proj, out.reshape(b, n, self.dim))
+        return x + self.mlp(self.norm2(x))
+
+
+class TokensToToken(nn.Module):
+    """The Tokens-to-Token tokenizer (Yuan et al. 2021, "Tokens-to-Token ViT"), CrossViT-18+T2T's:
+    a soft split (overlapping patches as tokens, nn.Unfold), then per further split a token
+    transformer layer, the tokens put back on their 2-D map and split again; a Linear takes the
+    last tokens to the branch width. Overlapping windows let each token see its neighbours'
+    pixels, and the attention mixes tokens before they are merged."""
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int, t2t_dim: int = 64, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.layout = tuple(t2t_layout(patch_size))
+        self.splits = nn.ModuleList(nn.Unfold(kernel, padding=padding, stride=stride)
+                                    for kernel, stride, padding in self.layout)
+        # token width after each split: the first unfolds the image's channels, later ones t2t_dim
+        widths = [(in_chans if i == 0 else t2t_dim) * kernel * kernel for i, (kernel, _, _) in enumerate(self.layout)]
+        self.layers = nn.ModuleList(TokenTransformer(width, t2t_dim, eps) for width in widths[:-1])
+        self.project = nn.Linear(widths[-1], dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, (h, w) = x.shape[0], x.shape[-2:]
+        for i, (split, window) in enumerate(zip(self.splits, self.layout)):
+            if i:  # tokens (B, h*w, C) back onto their (B, C, h, w) map
+                x = self.layers[i - 1](x).transpose(1, 2).reshape(b, -1, h, w)
+            x = split(x).transpose(1, 2)  # (B, C*k*k, L) -> (B, L, C*k*k)
+            h, w = layout_grid(h, [window]), layout_grid(w, [window])
+        return run_linear(self.project, x)
+
+
 class Tokenizer(nn.Module):
     """Image -> patch tokens (B, grid*grid, dim): one strided convolution ('linear'), the
-    three-convolution stem of the dagger models ('conv3'), or shifted patches ('shifted')."""
+    three-convolution stem of the dagger models ('conv3'), shifted patches ('shifted'), or
+    Tokens-to-Token ('t2t')."""
 
     def __init__(self, kind: str, patch_size: int, in_chans: int, dim: int) -> None:
         super().__init__()
@@ -233,6 +285,8 @@ class Tokenizer(nn.Module):
             self.proj: nn.Module = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
         elif kind == "shifted":
             self.proj = ShiftedPatches(patch_size, in_chans, dim)
+        elif kind == "t2t":
+            self.proj = TokensToToken(patch_size, in_chans, dim)
         else:
             widths = [in_chans, dim // 4, dim // 2, dim]
             layers: list[nn.Module] = []
@@ -243,7 +297,7 @@ class Tokenizer(nn.Module):
             self.proj = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(self.proj, ShiftedPatches):
+        if isinstance(self.proj, (ShiftedPatches, TokensToToken)):
             return self.proj(x)
         return self.proj(x).flatten(2).transpose(1, 2)
 
