@@ -1,12 +1,10 @@
-"""Saving and loading: our format, foreign layouts, resampling, new heads, and bad files."""
+"""Saving and loading: our format, foreign layouts, resampling, new heads (bad files: tests/faults/)."""
 
 import logging
 import os
-import pickle
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import crossvit
 from crossvit.model.layouts import foreign_key_to_ours
@@ -121,75 +119,11 @@ def test_official_key_names_map_onto_ours():
     assert foreign_key_to_ours("pos_embed_1") == foreign_key_to_ours("pos_embed.1") == "pos_embeds.1"
 
 
-# -- bad files -----------------------------------------------------------------------------
-
-def test_missing_and_empty_files(tmp_path):
-    with pytest.raises(crossvit.CheckpointError, match="does not exist"):
-        crossvit.create_model("crossvit_9_240", checkpoint=tmp_path / "nope.pth")
-    (tmp_path / "empty.pth").write_bytes(b"")
-    with pytest.raises(crossvit.CheckpointError, match="is empty"):
-        crossvit.create_model("crossvit_9_240", checkpoint=tmp_path / "empty.pth")
-
-
-@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_truncated_files(small_model, tmp_path, suffix):
-    path = crossvit.save_checkpoint(small_model, tmp_path / f"m{suffix}")
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(crossvit.CheckpointError, match="truncated or corrupt"):
-        crossvit.create_model(checkpoint=path)
-
-
-class _Payload:
-    """Unpickling this would create a file: the proof that code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _Payload(str(marker))}, path)
-    with pytest.raises(crossvit.CheckpointError, match="refusing to load .*arbitrary code"):
-        crossvit.create_model("crossvit_9_240", checkpoint=path)
-    assert not marker.exists()
-    # A bare pickle (not torch's zip format) is refused too.
-    with open(tmp_path / "evil.pkl", "wb") as f:
-        pickle.dump(_Payload(str(marker)), f)
-    with pytest.raises(crossvit.CheckpointError):
-        crossvit.create_model("crossvit_9_240", checkpoint=tmp_path / "evil.pkl")
-    assert not marker.exists()
-
-
-def test_checkpoint_of_another_architecture(tmp_path):
-    crossvit.save_checkpoint(crossvit.create_model("crossvit_9_240"), tmp_path / "nine.safetensors")
-    with pytest.raises(crossvit.CheckpointError) as err:
-        crossvit.create_model("crossvit_15_240", checkpoint=tmp_path / "nine.safetensors")
-    message = str(err.value)
-    assert "does not fit this model" in message and "missing keys" in message
-    assert "shape mismatches" in message and "\n" not in message
-    save_file({"conv.weight": torch.zeros(3)}, tmp_path / "other.safetensors")
-    with pytest.raises(crossvit.CheckpointError, match="unexpected keys \\[conv.weight\\]"):
-        crossvit.create_model("crossvit_9_240", checkpoint=tmp_path / "other.safetensors")
-
-
 def test_non_strict_loading_reports_instead_of_failing(tmp_path):
     crossvit.save_checkpoint(crossvit.create_model("crossvit_9_240"), tmp_path / "nine.safetensors")
     model = crossvit.create_model("crossvit_9_240", depth=(1, 4))
     report = crossvit.load_checkpoint(model, tmp_path / "nine.safetensors", strict=False)
     assert report.missing and all(".branches.1.3." in k for k in report.missing)
-
-
-def test_nan_weights_are_refused(small_model, tmp_path):
-    with torch.no_grad():
-        small_model.heads[0].weight[0, 0] = float("nan")
-    crossvit.save_checkpoint(small_model, tmp_path / "nan.safetensors")
-    with pytest.raises(crossvit.CheckpointError, match="NaN or infinite.*heads.0.weight"):
-        crossvit.create_model(checkpoint=tmp_path / "nan.safetensors")
 
 
 def test_foreign_checkpoint_needs_a_name(tmp_path):

@@ -7,7 +7,7 @@ from torch import nn
 
 import crossvit
 from crossvit.model import layers
-from crossvit.model.fusion import CrossAttention, projected_cross_attention
+from crossvit.model.fusion import CrossAttention
 from crossvit.tools.flops import count_macs
 
 pytestmark = pytest.mark.skipif(not layers._ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")

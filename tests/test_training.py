@@ -1,14 +1,10 @@
-"""Training end to end on generated data: results, files, resumption, faults, DDP, fine-tuning."""
+"""Training end to end on generated data: results, files, resumption, DDP, fine-tuning (faults: tests/faults)."""
 
 import json
 import math
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +16,7 @@ from crossvit.training.config import load_config
 from crossvit.training.trainer import train
 
 from imagegen import make_folder_dataset
-
-TINY = ["model.name=crossvit_micro_32", "model.drop_path_rate=0",
-        "model.options={dim: [32, 64], num_heads: [2, 2], depth: [1, 1], num_encoders: 2, mlp_ratio: 2}"]
-PLAIN = ["aug.crop=pad", "aug.randaugment=null", "aug.random_erasing=0", "aug.mixup=0", "aug.cutmix=0",
-         "aug.smoothing=0", "aug.hflip=0"]
+from tinyrun import PLAIN, TINY, assert_same_weights, tiny_config, weights
 
 
 @pytest.fixture(scope="module")
@@ -32,25 +24,8 @@ def folder(tmp_path_factory):
     return make_folder_dataset(tmp_path_factory.mktemp("data"), classes=3, train_per_class=16, val_per_class=8)
 
 
-def _config(folder, *extra):
-    return load_config("small_folder", [f"data.path={folder}", *TINY, "data.batch_size=8", "epochs=2",
-                                        "optim.warmup_epochs=0", "optim.lr=3e-3", "optim.lr_base_batch=0",
-                                        "train.threads=1", *extra])
-
-
-def _weights(path):
-    return crossvit.read_checkpoint(path).state
-
-
-def _assert_same_weights(a, b, atol=0.0):
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
-
-
 def test_trains_writes_its_files_and_learns(folder, tmp_path):
-    result = train(_config(folder, "epochs=4", *PLAIN), tmp_path / "run")
+    result = train(tiny_config(folder, "epochs=4", *PLAIN), tmp_path / "run")
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.jsonl", "curves.png", "last.pth", "best.pth"):
         assert (run / name).is_file(), name
@@ -60,7 +35,7 @@ def test_trains_writes_its_files_and_learns(folder, tmp_path):
     assert result.final.top1 > 80  # three colours: far above the 33% of chance
     assert len(result.final.branch_top1) == 2 and result.final.samples == 24
     # The resolved config is saved and rebuilds the same run config.
-    assert load_config(str(run / "config.yaml")) == _config(folder, "epochs=4", *PLAIN)
+    assert load_config(str(run / "config.yaml")) == tiny_config(folder, "epochs=4", *PLAIN)
     # best.pth is a model checkpoint that rebuilds itself, with its class names.
     model = crossvit.create_model(checkpoint=run / "best.pth")
     assert model.meta.class_names == ("class_0", "class_1", "class_2")
@@ -69,7 +44,7 @@ def test_trains_writes_its_files_and_learns(folder, tmp_path):
 
 
 def test_eval_command_reproduces_the_training_metrics(folder, tmp_path, capsys):
-    train(_config(folder, *PLAIN), tmp_path / "run")
+    train(tiny_config(folder, *PLAIN), tmp_path / "run")
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     capsys.readouterr()  # the training's own output
     assert main(["eval", str(tmp_path / "run" / "last.pth"), "--json", "--output", str(tmp_path / "ev")]) == 0
@@ -80,14 +55,14 @@ def test_eval_command_reproduces_the_training_metrics(folder, tmp_path, capsys):
     assert (tmp_path / "ev" / "confusion.png").stat().st_size > 1000
 
 
-def test_resume_after_an_interruption_gives_the_uninterrupted_weights(folder, tmp_path):
+def test_resume_after_an_interruption_gives_the_uninterruptedweights(folder, tmp_path):
     """With the paper's augmentation on, a run stopped mid-epoch and resumed ends where a run
     that was never stopped ends, bit for bit."""
     aug = ["aug.crop=rrc", "aug.randaugment=rand-m9-mstd0.5-inc1", "aug.mixup=0.8", "aug.cutmix=1.0",
            "model.drop_path_rate=0.1", "train.ema=0.9"]
-    train(_config(folder, *aug), tmp_path / "straight")
+    train(tiny_config(folder, *aug), tmp_path / "straight")
 
-    config = _config(folder, *aug)
+    config = tiny_config(folder, *aug)
     calls = {"n": 0}
 
     from crossvit.training import trainer
@@ -113,7 +88,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(folder, tm
     progress = torch.load(tmp_path / "resumed" / "last.pth", weights_only=True)["progress"]
     assert (progress["epoch"], progress["step_in_epoch"]) == (1, 1)
     train(config, tmp_path / "resumed", resume=True)
-    _assert_same_weights(tmp_path / "straight" / "last.pth", tmp_path / "resumed" / "last.pth")
+    assert_same_weights(tmp_path / "straight" / "last.pth", tmp_path / "resumed" / "last.pth")
 
 
 def test_a_time_limit_ends_the_run_and_its_schedule_on_the_clock(folder, tmp_path, monkeypatch):
@@ -131,7 +106,7 @@ def test_a_time_limit_ends_the_run_and_its_schedule_on_the_clock(folder, tmp_pat
         return clock["t"]
 
     monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=one_second_later))
-    config = _config(folder, *PLAIN, "epochs=50", "train.time_limit=0.15", "optim.min_lr=1e-5")  # 9 s; 6 steps an epoch
+    config = tiny_config(folder, *PLAIN, "epochs=50", "train.time_limit=0.15", "optim.min_lr=1e-5")  # 9 s; 6 steps an epoch
     result = train(config, tmp_path / "run")
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result.epochs_done == 2 and not result.interrupted
@@ -142,55 +117,17 @@ def test_a_time_limit_ends_the_run_and_its_schedule_on_the_clock(folder, tmp_pat
     assert metrics[0]["lr"] == pytest.approx(lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * 2 / 3)))
     assert metrics[1]["lr"] == pytest.approx(lr_min)
     assert "val_top1" in metrics[1]  # the partial last epoch is evaluated
-    before = _weights(tmp_path / "run" / "last.pth")
+    before = weights(tmp_path / "run" / "last.pth")
     again = train(config, tmp_path / "run", resume=True)
     assert again.epochs_done == 2
-    after = _weights(tmp_path / "run" / "last.pth")
+    after = weights(tmp_path / "run" / "last.pth")
     assert all(torch.equal(before[k], after[k]) for k in before)
     # Fewer epochs than the minutes allow: the schedule follows the steps and still ends annealed.
     clock["t"] = 0.0
-    short = train(_config(folder, *PLAIN, "epochs=1", "train.time_limit=10", "optim.min_lr=1e-5"), tmp_path / "short")
+    short = train(tiny_config(folder, *PLAIN, "epochs=1", "train.time_limit=10", "optim.min_lr=1e-5"), tmp_path / "short")
     last = json.loads((tmp_path / "short" / "metrics.jsonl").read_text().splitlines()[-1])
     assert short.epochs_done == 1 and "time_limit_reached" not in last
     assert last["lr"] == pytest.approx(lr_min, abs=1e-6)
-
-
-def test_killed_process_resumes_from_its_last_checkpoint(folder, tmp_path):
-    """SIGKILL at a random moment (checkpoints every step, so also during writes): the run
-    resumes from the file that survived and ends as if never killed."""
-    run = tmp_path / "run"
-    args = ["small_folder", f"data.path={folder}", *TINY, *PLAIN, "data.batch_size=8", "epochs=2",
-            "optim.warmup_epochs=0", "train.threads=1", "train.checkpoint_minutes=1e-6"]
-    train(load_config(args[0], args[1:]), tmp_path / "straight")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "crossvit", "train", *args, "--output", str(run)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "last.pth").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert main(["train", *args, "--output", str(run), "--resume"]) == 0
-    _assert_same_weights(tmp_path / "straight" / "last.pth", run / "last.pth")
-    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_path, monkeypatch):
-    train(_config(folder, *PLAIN, "epochs=1"), tmp_path / "run")
-    before = (tmp_path / "run" / "last.pth").read_bytes()
-    real = torch.nn.CrossEntropyLoss.forward
-    steps = {"n": 0}
-
-    def poisoned(self, logits, targets):
-        steps["n"] += 1
-        loss = real(self, logits, targets)
-        return loss * float("nan") if steps["n"] == 3 else loss
-
-    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
-    with pytest.raises(CrossViTError, match=r"loss became nan at epoch 2, step 3.*last good state.*is kept"):
-        train(_config(folder, *PLAIN, "epochs=3"), tmp_path / "run", resume=True)
-    assert (tmp_path / "run" / "last.pth").read_bytes() == before
 
 
 def test_unreadable_images_are_skipped_and_counted(folder, tmp_path):
@@ -200,19 +137,19 @@ def test_unreadable_images_are_skipped_and_counted(folder, tmp_path):
     shutil.copytree(folder, data)
     (data / "train" / "class_0" / "broken.png").write_bytes(b"\x89PNG broken")
     (data / "val" / "class_1" / "empty.jpg").write_bytes(b"")
-    result = train(_config(data, *PLAIN, "epochs=1"), tmp_path / "run")
+    result = train(tiny_config(data, *PLAIN, "epochs=1"), tmp_path / "run")
     assert result.bad_files == 2 and result.final.samples == 24
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["bad_files"] == 2
     with pytest.raises(CrossViTError, match=r"unreadable image .*(broken.png|empty.jpg).*data.strict=false"):
-        train(_config(data, *PLAIN, "epochs=1", "data.strict=true"), tmp_path / "strict")
+        train(tiny_config(data, *PLAIN, "epochs=1", "data.strict=true"), tmp_path / "strict")
 
 
 def test_gradient_accumulation_matches_the_full_batch(folder, tmp_path):
     # SGD: AdamW would magnify float rounding in gradients that are zero in exact arithmetic
     # (attention key biases), which is no difference in what accumulation computes.
-    train(_config(folder, *PLAIN, "epochs=1", "optim.name=sgd"), tmp_path / "full")
-    train(_config(folder, *PLAIN, "epochs=1", "optim.name=sgd", "optim.accum_steps=2"), tmp_path / "accum")
-    _assert_same_weights(tmp_path / "full" / "last.pth", tmp_path / "accum" / "last.pth", atol=1e-5)
+    train(tiny_config(folder, *PLAIN, "epochs=1", "optim.name=sgd"), tmp_path / "full")
+    train(tiny_config(folder, *PLAIN, "epochs=1", "optim.name=sgd", "optim.accum_steps=2"), tmp_path / "accum")
+    assert_same_weights(tmp_path / "full" / "last.pth", tmp_path / "accum" / "last.pth", atol=1e-5)
 
 
 def test_two_processes_match_one(folder, tmp_path):
@@ -224,7 +161,7 @@ def test_two_processes_match_one(folder, tmp_path):
                              "-m", "crossvit", "train", *args, "--output", str(tmp_path / "two")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    _assert_same_weights(tmp_path / "one" / "last.pth", tmp_path / "two" / "last.pth", atol=1e-5)
+    assert_same_weights(tmp_path / "one" / "last.pth", tmp_path / "two" / "last.pth", atol=1e-5)
     one = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
     two = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
     assert two["val_samples"] == one["val_samples"] == 24
@@ -232,14 +169,14 @@ def test_two_processes_match_one(folder, tmp_path):
 
 
 def test_fine_tune_to_new_classes_and_size_with_a_frozen_backbone(folder, tmp_path):
-    train(_config(folder, *PLAIN, "epochs=1"), tmp_path / "src")
+    train(tiny_config(folder, *PLAIN, "epochs=1"), tmp_path / "src")
     four = make_folder_dataset(tmp_path / "four", classes=4, train_per_class=8, val_per_class=4, size=40)
     config = load_config("small_folder", [f"data.path={four}", "model.name=null",
                                           f"model.checkpoint={tmp_path / 'src' / 'best.pth'}", "model.img_size=40",
                                           "model.freeze_backbone=true", *PLAIN, "data.batch_size=8", "epochs=1",
                                           "train.threads=1"])
     train(config, tmp_path / "tuned")
-    before, after = _weights(tmp_path / "src" / "best.pth"), _weights(tmp_path / "tuned" / "last.pth")
+    before, after = weights(tmp_path / "src" / "best.pth"), weights(tmp_path / "tuned" / "last.pth")
     assert after["heads.0.weight"].shape[0] == 4
     assert torch.equal(before["encoders.1.fusion.attend.0.0.q.weight"], after["encoders.1.fusion.attend.0.0.q.weight"])
     assert after["pos_embeds.0"].shape[1] == 1 + 10 * 10  # 40 px in 4 px patches
@@ -247,12 +184,12 @@ def test_fine_tune_to_new_classes_and_size_with_a_frozen_backbone(folder, tmp_pa
     # The run resumes from its own last.pth even when the checkpoint it started from is gone.
     (tmp_path / "src" / "best.pth").rename(tmp_path / "src" / "moved.pth")
     assert main(["train", "small_folder", "--output", str(tmp_path / "tuned"), "--resume", "epochs=2"]) == 0
-    resumed = _weights(tmp_path / "tuned" / "last.pth")
+    resumed = weights(tmp_path / "tuned" / "last.pth")
     assert resumed["heads.0.weight"].shape[0] == 4 and not torch.equal(resumed["heads.0.weight"], after["heads.0.weight"])
 
 
 def test_bf16_autocast_trains_on_cpu(folder, tmp_path):
-    result = train(_config(folder, *PLAIN, "epochs=1", "train.precision=bf16"), tmp_path / "run")
+    result = train(tiny_config(folder, *PLAIN, "epochs=1", "train.precision=bf16"), tmp_path / "run")
     assert result.final is not None and result.final.loss == result.final.loss  # finite, not NaN
 
 
@@ -263,7 +200,7 @@ def test_auto_precision_picks_bf16_only_where_it_is_native(folder, tmp_path, mon
     chosen = []
     real_autocast = torch.autocast
     monkeypatch.setattr(torch, "autocast", lambda *a, **k: chosen.append(k.get("dtype")) or real_autocast(*a, **k))
-    train(_config(folder, *PLAIN, "epochs=1", "data.limit_train=16", "train.precision=auto"), tmp_path / "run")
+    train(tiny_config(folder, *PLAIN, "epochs=1", "data.limit_train=16", "train.precision=auto"), tmp_path / "run")
     saved = load_config(str(tmp_path / "run" / "config.yaml")).train.precision
     assert saved == ("bf16" if native else "fp32")
     assert (torch.bfloat16 in chosen) == native

@@ -31,8 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     # KEY=VALUE overrides may come after options (`train fashion_mnist --data X epochs=5`).
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        prog = f"{parser.prog} {args.command}"
+        if not hasattr(args, "overrides") or any(a.startswith("-") for a in extra):
+            print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)", file=sys.stderr)
+            return 2
+        bare = [a for a in extra if "=" not in a]
+        if bare:  # after an option, a word without '=' is no override; say what one looks like
+            print(f"{prog}: error: argument {bare[0]!r} is not KEY=VALUE (e.g. epochs=5 optim.lr=1e-3)", file=sys.stderr)
+            return 2
         args.overrides = [*args.overrides, *extra]
     try:
         return args.run(args)

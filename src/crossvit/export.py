@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from .errors import CrossViTError
-from .model.checkpoint import atomic_write, model_record, save_checkpoint
+from .files import atomic_write
+from .model.checkpoint import model_record, save_checkpoint
 from .model.crossvit import CrossViT
 
 ATOL = 1e-4  # fp32 logits of ONNX Runtime / torch.export against eager PyTorch
@@ -48,8 +49,22 @@ def max_difference(model: CrossViT, run: Callable[[Tensor], Tensor], batch_sizes
     return torch.stack(diffs).max().item()  # NaN, if any, wins
 
 
+def check_output_path(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output path that cannot become a file: a folder, or a path
+    below a file. Missing folders are fine (they are created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CrossViTError(f"output {path} is a folder, not a file; name a file inside it")
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise CrossViTError(f"cannot write {path}: {folder} is a file, not a folder; choose another output path")
+            break
+
+
 def _write_checked(path: Path, write: Callable[[str], None], check: Callable[[str], float], atol: float) -> float:
-    """write(tmp), then check(tmp) -> max difference; keep the file only if it is within atol."""
+    """write(tmp), then check(tmp) -> max difference; keep the file only if it is within atol.
+    On failure nothing is left: no file, no temporary, no folder made for it."""
     result = {}
 
     def write_and_check(tmp: str) -> None:
@@ -60,7 +75,17 @@ def _write_checked(path: Path, write: Callable[[str], None], check: Callable[[st
                 f"{path}: the exported model's outputs differ from the eager model's by {diff:.3g} (more than "
                 f"{atol:g}), so the file was not written; try another --opset or --format")
 
-    atomic_write(path, write_and_check)
+    check_output_path(path)
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
+    try:
+        atomic_write(path, write_and_check)
+    except BaseException as e:
+        for folder in made:  # atomic_write created them for this file; empty again, they go
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, OSError):  # e.g. a read-only file system, or a folder that became a file meanwhile
+            raise CrossViTError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
     return result["diff"]
 
 

@@ -26,10 +26,29 @@ class BadSample:
     reason: str
 
 
+_warned_links: set[str] = set()
+
+
+def _links_back_up(entry: os.DirEntry, split_dir: Path) -> bool:
+    """Whether `entry` is a folder symlink to `split_dir` itself or a folder above it (`up -> ..`):
+    as a class it would hold the whole dataset again. Warned about once per link."""
+    if not entry.is_symlink():
+        return False
+    target, here = os.path.realpath(entry.path), os.path.realpath(split_dir)
+    if target != here and not here.startswith(target.rstrip(os.sep) + os.sep):
+        return False
+    if entry.path not in _warned_links:
+        _warned_links.add(entry.path)
+        log.warning("%s: ignoring %s, a symbolic link to %s, which holds this folder (it is not a class)",
+                    split_dir, entry.name, target)
+    return True
+
+
 def find_classes(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
         raise CrossViTError(f"image folder {split_dir} does not exist; expected {split_dir}/<class name>/<images>")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
+                     and not _links_back_up(e, split_dir))
     if not classes:
         raise CrossViTError(f"image folder {split_dir} has no class sub-folders; expected {split_dir}/<class name>/<images>")
     return classes

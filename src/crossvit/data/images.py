@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 
 from PIL import Image
@@ -11,7 +13,12 @@ HIGH_BIT_GREY = ("I;16", "I;16B", "I;16L", "I")
 
 def load_image(path: str, mode: str = "RGB") -> Image.Image:
     """Decode `path` fully into `mode` ('RGB' or 'L'). Palette, RGBA, CMYK and 16-bit images are
-    converted, not rejected; images past PIL's pixel limit (decompression bombs) raise."""
+    converted, not rejected; images past PIL's pixel limit (decompression bombs) raise, and so do
+    paths that are not regular files."""
+    # stat first: opening a named pipe (or a device) for reading can block forever, and a folder
+    # walk lists pipes among the files. Missing files and symlink loops raise here too.
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError("not a regular file (a folder, named pipe, socket or device)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:

@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import pickle
-import tempfile
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from ..files import atomic_write
 from .config import CrossViTConfig
 from .layouts import layout_of, strip_wrappers, to_our_layout
 
@@ -54,48 +56,123 @@ class LoadReport:
 # -- reading ------------------------------------------------------------------------------
 
 def read_raw(path: Path) -> tuple[Any, dict[str, str]]:
-    """Safely read a checkpoint file: the file's object and its safetensors metadata (empty for .pth files)."""
+    """Safely read a checkpoint file: the file's object and its safetensors metadata (empty for .pth files).
+    Anything that is not a readable checkpoint, or that holds NaN or infinite values, is a CheckpointError."""
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; name the .pth or .safetensors file inside it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
-    with path.open("rb") as f:
-        head = f.read(9)
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError as e:  # no permission, a FIFO that vanished, ...
+        raise CheckpointError(f"checkpoint {path} cannot be opened: {e.strerror or e}") from None
     if not head:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): was its download or save interrupted?")
-    if head[:4] != b"PK\x03\x04" and head[8:9] == b"{":
-        from safetensors import SafetensorError, safe_open
+    # A .safetensors name counts as much as the content: a file cut inside its 8-byte header length
+    # must not be handed to the unpickler, whose complaint would be about pickles.
+    if head[:4] != b"PK\x03\x04" and (head[8:9] == b"{" or path.suffix == ".safetensors"):
+        obj, meta = _read_safetensors(path)
+    else:
+        obj, meta = _read_pickle(path), {}
+    bad = _non_finite(obj)
+    if bad:
+        raise CheckpointError(f"checkpoint {path} has NaN or infinite values in {len(bad)} tensor(s), e.g. {bad[0]}; "
+                              "these weights are unusable: take another copy, or an earlier checkpoint of the run")
+    return obj, meta
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), {}
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:  # whatever the decoder trips on (a cut header, a tensor past the end), the file is bad
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file (truncated or corrupt?): "
+                              f"{_first_sentence(e)}") from None
+
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the protocol of a bare pickle before refusing it; the refusal says enough.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only" in str(e):
+        names_object, detail = _unpickler_refusal(e)
+        if names_object:
             raise CheckpointError(
-                f"refusing to load {path}: it holds Python objects besides tensors, and unpickling them could run "
-                "arbitrary code; if you trust the file, re-save its state_dict with torch.save or as safetensors"
+                f"refusing to load {path}: it holds Python objects besides tensors ({detail}), and unpickling them "
+                "could run arbitrary code; if you trust the file, re-save its state_dict with torch.save or as safetensors"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file (truncated or corrupt?): {e}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file (truncated or corrupt?): {first_line}") from None
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file (truncated or corrupt?): {detail}") from None
+    except Exception as e:  # on junk bytes the weights-only unpickler also fails with IndexError, KeyError, ...
+        detail = _first_sentence(e)
+        if not isinstance(e, (RuntimeError, OSError)) and detail != type(e).__name__:
+            detail = f"{type(e).__name__}: {detail}"  # a bare "pop from empty list" or "24" says nothing
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file (truncated or corrupt?): {detail}") from None
 
 
-def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The tensors of a checkpoint object, looking inside the usual wrappers."""
-    extra: dict[str, Any] = {}
+def _unpickler_refusal(error: pickle.UnpicklingError) -> tuple[bool, str]:
+    """Whether torch's weights-only unpickler stopped at a Python object (a global, a call), which
+    could run code, rather than at bytes that are no pickle at all; and what it stopped at."""
+    detail = str(error).split("WeightsUnpickler error:", 1)[-1].strip()
+    detail = detail.splitlines()[0].strip() if detail else type(error).__name__
+    found = re.search(r"GLOBAL (\S+)", detail)
+    if found:
+        return True, found.group(1)
+    return any(s in detail for s in ("reduce for", "create new object", "Can only build")), _first_sentence(detail)
+
+
+def _first_sentence(error: Exception | str) -> str:
+    """An error's first line, without the advice that torch and miniz append after the first full stop."""
+    text = str(error).strip()
+    line = text.splitlines()[0].strip() if text else type(error).__name__
+    return line.split(". ", 1)[0].rstrip(".")
+
+
+def _non_finite(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in `obj` (nested dicts and lists) that hold NaN or inf."""
+    if isinstance(obj, Tensor):
+        return [prefix.rstrip(".") or "tensor"] if obj.is_floating_point() and not torch.isfinite(obj).all() else []
+    if isinstance(obj, Mapping):
+        return [name for k, v in obj.items() for name in _non_finite(v, f"{prefix}{k}.")]
+    if isinstance(obj, (list, tuple)):
+        return [name for i, v in enumerate(obj) for name in _non_finite(v, f"{prefix}{i}.")]
+    return []
+
+
+def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor], Any]:
+    """The tensors of a checkpoint object, looking inside the usual wrappers, and our record if it has one."""
+    extra: Any = {}
     if isinstance(obj, Mapping) and not all(isinstance(v, Tensor) for v in obj.values()):
-        extra = dict(obj.get(FORMAT_TAG) or {})
+        extra = obj.get(FORMAT_TAG) or {}
         for key in _WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        top = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors (found: {top})")
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                          for k, v in obj.items()):
+        top = sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors named by strings (found: {top})")
     return dict(obj), extra
+
+
+def _parse_record(path: Path, extra: Any, st_meta: dict[str, str]) -> tuple[CrossViTConfig | None, dict[str, Any]]:
+    """The architecture and metadata that our files record; a damaged record is a CheckpointError
+    naming the file, not a KeyError or JSONDecodeError from deep inside."""
+    try:
+        if st_meta.get("format") == FORMAT_TAG:
+            extra = {"config": json.loads(st_meta["config"]), "meta": json.loads(st_meta.get("meta", "{}"))}
+        if not isinstance(extra, Mapping) or not isinstance(extra.get("meta") or {}, Mapping):
+            raise TypeError("the record or its meta is not a mapping")
+        config = CrossViTConfig.from_dict(extra["config"]) if "config" in extra else None
+        return config, dict(extra.get("meta") or {})
+    except Exception as e:
+        reason = f"missing {e}" if isinstance(e, KeyError) else _first_sentence(e)
+        raise CheckpointError(f"checkpoint {path} has a damaged crossvit record ({reason}); "
+                              "was the file edited? Re-save it from the model with crossvit.save_checkpoint") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> StoredCheckpoint:
@@ -103,16 +180,14 @@ def read_checkpoint(path: str | os.PathLike) -> StoredCheckpoint:
     path = Path(path)
     obj, st_meta = read_raw(path)
     state, extra = _find_state_dict(obj, path)
-    if st_meta.get("format") == FORMAT_TAG:
-        extra = {"config": json.loads(st_meta["config"]), "meta": json.loads(st_meta.get("meta", "{}"))}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"checkpoint {path} has NaN or infinite values in {len(bad)} tensor(s), e.g. {bad[0]}")
+    config, meta = _parse_record(path, extra, st_meta)
     state = strip_wrappers(state)
     layout = layout_of(state)
-    config = CrossViTConfig.from_dict(extra["config"]) if "config" in extra else None
     run_config = obj.get("run_config") if isinstance(obj, Mapping) else None
-    return StoredCheckpoint(to_our_layout(state), str(path), layout, config, dict(extra.get("meta") or {}), run_config)
+    if run_config is not None and not isinstance(run_config, Mapping):
+        raise CheckpointError(f"checkpoint {path} has a damaged training config (found {type(run_config).__name__}, "
+                              "not a mapping); re-save it with crossvit.save_checkpoint")
+    return StoredCheckpoint(to_our_layout(state), str(path), layout, config, meta, run_config)
 
 
 # -- fitting into a model -----------------------------------------------------------------
@@ -162,8 +237,6 @@ def fit_state_dict(model: nn.Module, stored: StoredCheckpoint, strict: bool = Tr
         for k in head_keys:
             del state[k]
         report.heads_reset = True
-        log.warning("%s: its classifier heads do not fit this model's %d classes; keeping everything but the heads, "
-                    "which stay freshly initialised", stored.origin, model.num_classes)
     report.missing = sorted(k for k in target if k not in state and not (report.heads_reset and k.startswith("heads.")))
     report.unexpected = sorted(k for k in state if k not in target)
     mismatched = sorted(k for k in state if k in target and state[k].shape != target[k].shape)
@@ -178,6 +251,9 @@ def fit_state_dict(model: nn.Module, stored: StoredCheckpoint, strict: bool = Tr
             )
             + "; is it a checkpoint of another architecture?"
         )
+    if report.heads_reset:  # said only once the rest fits: a refused file must not also claim to be "kept"
+        log.warning("%s: its classifier heads do not fit this model's %d classes; keeping everything but the heads, "
+                    "which stay freshly initialised", stored.origin, model.num_classes)
     state = {k: v for k, v in state.items() if k in target and k not in mismatched}
     return state, report
 
@@ -202,19 +278,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike | StoredCheckpoint
 
 # -- writing ------------------------------------------------------------------------------
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path), then move the finished file over `path` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def torch_save(payload: Any, path: str | os.PathLike) -> None:
+    """torch.save through a Python file, whose write errors name their cause (a full disk); torch's
+    own file writer reports them as a bare position mismatch."""
+    with open(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def model_record(model: nn.Module, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -234,7 +302,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: Mapping[str
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if path.suffix in (".pth", ".pt"):
         payload = {"state_dict": state, FORMAT_TAG: record}
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(path, lambda tmp: torch_save(payload, tmp))
     else:
         from safetensors.torch import save_file
 

@@ -165,7 +165,7 @@ def to_csv(report: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     report = run_bench(args)
     if args.csv:
-        from ..model.checkpoint import atomic_write
+        from ..files import atomic_write
         from pathlib import Path
 
         text = to_csv(report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -13,7 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "batch size; each file is loaded back and compared with the PyTorch model before it is kept.")
     p.add_argument("checkpoint", help="a checkpoint (ours; the authors' or timm's with --model)")
     p.add_argument("--format", required=True, choices=("onnx", "torch-export", "safetensors"), dest="fmt")
-    p.add_argument("--output", help="output file (default: the checkpoint's name with .onnx, .pt2 or .safetensors)")
+    p.add_argument("--output", help="output file (default: the checkpoint's name with .onnx, .pt2 or .safetensors); "
+                                    "missing folders are created")
     p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     p.add_argument("--batch-size", type=int, default=2,
                    help="batch of the example traced (default 2); the check runs batch 1 and this plus one")
@@ -23,19 +25,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import CrossViTError
-    from ..export import FORMATS, export
+    from ..export import FORMATS, check_output_path, export
     from ..model.checkpoint import read_checkpoint
     from ..model.factory import create_model
     from ..quantize import is_quantized
 
     source = Path(args.checkpoint)
     output = Path(args.output) if args.output else source.with_suffix(FORMATS[args.fmt])
-    if output.resolve() == source.resolve():
+    # realpath, not Path.resolve: that raises RuntimeError on a symlink loop (Python < 3.13).
+    if os.path.realpath(output) == os.path.realpath(source):
         raise CrossViTError(f"exporting {source} would overwrite it; name another file with --output")
     if args.opset is not None and args.fmt != "onnx":
         raise CrossViTError(f"--opset applies to --format onnx only, not {args.fmt}")
     if args.batch_size < 1:
         raise CrossViTError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_output_path(output)  # before reading and tracing the model, which take a while
     stored = read_checkpoint(source)
     if is_quantized(stored):
         raise CrossViTError(f"{source} is an int8 model from `crossvit quantize`, which runs only in PyTorch on the CPU; "

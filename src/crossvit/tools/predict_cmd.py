@@ -9,6 +9,7 @@ From Python:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -82,7 +83,11 @@ def gather_images(inputs: list[str]) -> tuple[list[str], list[dict]]:
 def why_unreadable(path: str, error: Exception) -> str:
     """A short reason a file could not be read, for the one line that reports it."""
     if isinstance(error, FileNotFoundError):
+        if os.path.islink(path):
+            return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
         return "no such file"
+    if isinstance(error, OSError) and error.errno == errno.ELOOP:
+        return "symbolic link loop (the link leads back to itself)"
     if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"refused as a possible decompression bomb ({error})"
     if os.path.isfile(path) and os.path.getsize(path) == 0:

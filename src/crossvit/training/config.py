@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import CrossViTError
+from ..files import atomic_write
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -123,7 +125,7 @@ LOWER_BOUNDS = {
     "optim.lr_base_batch": (0, True), "optim.clip_grad": (0, False), "aug.repeated": (1, True),
     "model.drop_path_rate": (0, True), "model.img_size": (1, True), "train.eval_every": (1, True),
     "train.checkpoint_minutes": (0, False), "train.time_limit": (0, False), "train.threads": (1, True),
-    "train.log_every": (1, True),
+    "train.log_every": (1, True), "aug.mixup": (0, True), "aug.cutmix": (0, True), "optim.momentum": (0, True),
 }
 PROBABILITIES = ("aug.hflip", "aug.random_erasing", "aug.mixup_switch_prob", "aug.smoothing", "train.ema",
                  "model.drop_path_rate")
@@ -160,6 +162,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
     if not base_path.suffix:
         base_path = base_path.with_suffix(".yaml")
+    if not base_path.is_file():
+        raise CrossViTError(f"recipe {path} names base: {base}, but {base_path} does not exist")
     return _merge(_read_yaml(base_path, (*seen, path)), data)
 
 
@@ -176,11 +180,16 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 def load_config(recipe: str | None = None, overrides: list[str] | None = None,
                 data: dict[str, Any] | None = None) -> RunConfig:
     """A checked RunConfig from a recipe (or a dict, e.g. a saved run's), then KEY=VALUE changes."""
+    if data is not None and not isinstance(data, dict):
+        raise CrossViTError(f"a run config must be a mapping of keys, not {type(data).__name__}")
     raw = dict(data or {})
     if recipe is not None:
         raw = _read_yaml(recipe_path(recipe))
     for item in overrides or []:
         key, value = _parse_override(item)
+        if not all(key.split(".")):
+            raise CrossViTError(f"argument {item!r} has no key (or an empty part of one) before '='; "
+                                "keys look like epochs or optim.lr")
         target = raw
         *parents, leaf = key.split(".")
         for part in parents:
@@ -205,7 +214,45 @@ def _parse_override(item: str) -> tuple[str, Any]:
 # -- checking -----------------------------------------------------------------------------
 
 def from_dict(raw: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, raw, "")
+    config = _build(RunConfig, raw, "")
+    _check_model(config.model)
+    return config
+
+
+# create_model arguments that the trainer sets from other keys; in model.options they would clash.
+_SET_ELSEWHERE = {"num_classes": "the dataset's class count", "drop_path_rate": "model.drop_path_rate",
+                  "pretrained": "model.pretrained", "checkpoint": "model.checkpoint"}
+
+
+def _check_model(m: ModelSection) -> None:
+    """The model section as a whole, before any data is read: a known name, options that fit it."""
+    from ..model.config import apply_overrides  # here, not at the top: `crossvit --help` need not load torch
+    from ..model.registry import get_variant, list_models
+
+    if m.name is None:
+        if m.checkpoint is None:
+            raise CrossViTError("model.name is empty and there is no model.checkpoint to rebuild from: "
+                                "set model.name (`crossvit models` lists them) or model.checkpoint=FILE")
+        return
+    try:
+        variant = get_variant(m.name)
+    except CrossViTError:
+        names = list_models()
+        close = difflib.get_close_matches(m.name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise CrossViTError(f"unknown model {m.name!r} in model.name; {hint}choose one of {', '.join(names)}") from None
+    clash = sorted(set(m.options) & set(_SET_ELSEWHERE))
+    if clash:
+        raise CrossViTError(f"model.options.{clash[0]} cannot be set there: it comes from {_SET_ELSEWHERE[clash[0]]}")
+    options = {k: v for k, v in m.options.items() if k != "pretrained_url"}  # a create_model argument, no field
+    options.update({"img_size": m.img_size} if m.img_size is not None else {})
+    try:
+        apply_overrides(variant.config, options)
+    except (CrossViTError, TypeError, ValueError) as e:  # BranchConfig's own checks, or a value of the wrong type
+        given = [f"model.options={m.options!r}"] if m.options else []
+        given += [f"model.img_size={m.img_size}"] if m.img_size is not None else []
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrossViTError(f"{' with '.join(given)} does not fit {m.name}: {reason}") from None
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
@@ -243,7 +290,26 @@ def _check_value(key: str, given: Any, hint: Any) -> Any:
         raise CrossViTError(f"{key}={given!r} must be between 0 and 1")
     if key == "optim.betas" and not all(0 <= b < 1 for b in value):
         raise CrossViTError(f"{key}={given!r}: each beta must be at least 0 and below 1, e.g. [0.9, 0.999]")
+    if key == "optim.momentum" and value >= 1:
+        raise CrossViTError(f"{key}={given!r} must be below 1, e.g. 0.9")
+    if key == "aug.scale" and not 0 < value[0] <= value[1] <= 1:
+        raise CrossViTError(f"{key}={given!r}: the smallest and largest share of the image a crop keeps, "
+                            "0 < min <= max <= 1, e.g. [0.08, 1.0]")
+    if key == "aug.randaugment" and value is not None:
+        _check_randaugment(key, value)
     return value
+
+
+def _check_randaugment(key: str, spec: str) -> None:
+    """timm parses the spec only when the dataset is built, and fails with a bare AssertionError."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    try:
+        rand_augment_transform(spec, {"translate_const": 10, "img_mean": (124, 116, 104)})
+    except Exception as e:
+        detail = f": {str(e).splitlines()[0]}" if str(e).strip() else ""
+        raise CrossViTError(f"{key}={spec!r} is not a RandAugment spec that timm reads{detail}; "
+                            "e.g. rand-m9-mstd0.5-inc1 (or null for none)") from None
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -254,6 +320,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
+    if value is None and hint in (int, float, str, bool):
+        kind = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}[hint]
+        raise CrossViTError(f"{key} needs a value ({kind}); it cannot be left empty or null")
     origin = typing.get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -272,23 +341,31 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # NaN slips past every `<` bound, and torch refuses it later
+                raise CrossViTError(f"{key}={value!r} must be a finite number")
+            return number
     elif hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     else:
         return value
-    raise CrossViTError(f"{key}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
+    # YAML reads yes/no/on/off as booleans: say so, or "aug.hflip=True" puzzles whoever typed yes.
+    note = " (yes, no, on, off, true and false are booleans here)" if isinstance(value, bool) else ""
+    raise CrossViTError(f"{key}={value!r} is not a valid {getattr(hint, '__name__', hint)}{note}")
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+    text = yaml.safe_dump(_plain(config.to_dict()), sort_keys=False)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def _plain(value: Any) -> Any:

@@ -36,10 +36,12 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def setup(preference: str = "auto", timeout_minutes: float = 10.0) -> World:
-    """Join the process group that torchrun describes in the environment, if any."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+def setup(preference: str = "auto", timeout_minutes: float = 10.0, join: bool = True) -> World:
+    """Join the process group that torchrun describes in the environment, if any. With
+    join=False the process trains alone (on its local rank's GPU): `crossvit ablate` under
+    torchrun gives each process runs of its own."""
+    size = int(os.environ.get("WORLD_SIZE", "1")) if join else 1
+    rank = int(os.environ.get("RANK", "0")) if join else 0
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(preference, local_rank)
     if size > 1 and not dist.is_initialized():

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..files import atomic_write  # noqa: E402
+
 
 def plot_curves(metrics: list[dict], path: Path) -> None:
     """Loss, top-1 (each head too) and learning rate against epochs."""
@@ -33,7 +35,7 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
     if evaluated:
         acc_ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path, title: str = "") -> None:
@@ -57,11 +59,11 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+def save_figure(fig, path: Path) -> None:
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)

@@ -15,7 +15,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import data as datasets
-from ..errors import CrossViTError
+from ..errors import CheckpointError, CrossViTError
+from ..files import atomic_write, is_disk_full
 from ..model import CrossViT, CrossViTConfig, ModelMeta
 from ..model.checkpoint import FORMAT_TAG
 from ..model.factory import create_model
@@ -100,14 +101,31 @@ def build_optimizer(model: nn.Module, config: RunConfig, global_batch: int) -> t
     return create_optimizer_v2(model, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
 
 
-def config_of_run(output: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict]:
+def config_of_run(output: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict | None]:
     """The config a run in `output` was started with, with KEY=VALUE changes (e.g. more epochs),
-    and its last state, to pass on as `train(..., resume=state)` (read once)."""
-    path = Path(output) / "last.pth"
-    if not path.is_file():
-        raise CrossViTError(f"nothing to resume in {output}: no last.pth there; start it without --resume")
-    state = load_state(path)
-    return load_config(data=state["run_config"], overrides=overrides), state
+    and its last state, to pass on as `train(..., resume=state)` (read once). A run stopped before
+    its first checkpoint has no state (None) and starts again from its saved config.yaml."""
+    output = Path(output)
+    path = output / "last.pth"
+    if path.exists():  # load_state names what is wrong with anything there that is no checkpoint
+        state = load_state(path)
+        return load_config(data=state["run_config"], overrides=overrides), state
+    if (output / "config.yaml").is_file():
+        log.info("no checkpoint in %s yet: starting the run again from its config.yaml", output)
+        return load_config(str(output / "config.yaml"), overrides), None
+    raise CrossViTError(f"nothing to resume in {output}: no last.pth there; start it without --resume")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a line cut short by a kill is left out."""
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -115,19 +133,32 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def train(config: RunConfig, output: str | Path, resume: bool | dict = False) -> RunResult:
+def train(config: RunConfig, output: str | Path, resume: bool | dict | None = False, alone: bool = False) -> RunResult:
     """Run (or continue, with `resume`) the training that `config` describes, writing into `output`.
-    `resume` may be the state config_of_run already read."""
+    `resume` may be the state config_of_run already read. `alone`: this process trains by
+    itself even under torchrun (no DDP)."""
     output = Path(output)
-    world = distributed.setup(config.train.device)
+    world = distributed.setup(config.train.device, join=not alone)
     try:
         with StopSignals() as signals:
             return _train(config, output, resume, world, signals)
+    except CrossViTError:
+        raise
+    except Exception as e:
+        if is_disk_full(e):  # metrics, plots or config (checkpoints say so themselves)
+            raise CrossViTError(f"the disk is full: writing into {output} failed; free some space, then continue "
+                                "with --resume (last.pth holds the last saved state)") from None
+        if world.distributed:  # a peer died: collectives fail here, or torchrun stopped this process
+            cause = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CrossViTError(f"process {world.rank} of {world.size} stopped ({type(e).__name__}: {cause}); another "
+                                f"process of the run probably failed or was killed: run the same command with --resume "
+                                f"to continue from {output / 'last.pth'}") from e
+        raise
     finally:
         distributed.teardown()
 
 
-def _train(config: RunConfig, output: Path, resume: bool | dict, world: distributed.World,
+def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: distributed.World,
            signals: StopSignals) -> RunResult:
     last_path, best_path = output / "last.pth", output / "best.pth"
     state = None
@@ -187,12 +218,17 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
 
     epoch, first_step, best_top1, best_epoch = 0, 0, None, None
     if state is not None:
-        model.load_state_dict(state.get("model_train") or state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema"):
-            ema.module.load_state_dict(state["ema"])
+        try:
+            model.load_state_dict(state.get("model_train") or state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            if ema is not None and state.get("ema"):
+                ema.module.load_state_dict(state["ema"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # a file edited or swapped since it was saved
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise CheckpointError(f"{last_path} does not fit the run it was saved by ({cause}); restore the file, or "
+                                  "start the run again without --resume") from None
         progress = state["progress"]
         epoch, first_step = progress["epoch"], progress["step_in_epoch"]
         best_top1, best_epoch = progress["best_top1"], progress["best_epoch"]
@@ -223,10 +259,13 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
         ctx.train_seconds = state["progress"].get("train_seconds", 0.0)
         scheduler.step_update(ctx.schedule_position(epoch * steps_per_epoch + first_step))
 
+    metrics_path = output / "metrics.jsonl"
     if world.is_main:
         output.mkdir(parents=True, exist_ok=True)
         save_config(config, output / "config.yaml")
-    metrics_path = output / "metrics.jsonl"
+        if metrics_path.is_file():  # keep the records of the epochs that the checkpoint holds
+            kept = "".join(json.dumps(r) + "\n" for r in read_metrics(metrics_path) if r["epoch"] <= epoch)
+            atomic_write(metrics_path, lambda tmp: Path(tmp).write_text(kept))
     pin = world.device.type == "cuda"
     eval_batch = max(1, (d.eval_batch_size or 2 * d.batch_size) // world.size)
     val_loader = datasets.eval_loader(val_set, eval_batch, d.workers, world.rank, world.size, pin)
@@ -276,8 +315,10 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
                     save(last_path, epoch, step, eval_weights())
                     last_save = time.monotonic()
 
-            stats, stopped_by = train_one_epoch(ctx, loader, epoch, first_step, steps_per_epoch, requests, on_step)
-            bar.close()
+            try:
+                stats, stopped_by = train_one_epoch(ctx, loader, epoch, first_step, steps_per_epoch, requests, on_step)
+            finally:  # an error's message then starts on a line of its own
+                bar.close()
             bad_files.update(stats.bad_files)
             if stopped_by == "signal":
                 interrupted = True
@@ -303,13 +344,16 @@ def _train(config: RunConfig, output: Path, resume: bool | dict, world: distribu
             improved = evaluated and (best_top1 is None or final.top1 > best_top1)
             if improved:
                 best_top1, best_epoch = final.top1, epoch
-            save(last_path, epoch, 0, eval_weights())
-            if improved:
-                save(best_path, epoch, 0, eval_weights(), full=False)
-            last_save = time.monotonic()
+            # The record, best.pth, then last.pth: a kill between two writes leaves last.pth at the
+            # previous epoch, which the resumed run repeats, writing the same record and best.pth again.
             if world.is_main:
                 _append_jsonl(metrics_path, record)
-                plot_curves([json.loads(line) for line in metrics_path.read_text().splitlines()], output / "curves.png")
+            if improved:
+                save(best_path, epoch, 0, eval_weights(), full=False)
+            save(last_path, epoch, 0, eval_weights())
+            last_save = time.monotonic()
+            if world.is_main:
+                plot_curves(read_metrics(metrics_path), output / "curves.png")
                 tqdm.write(_epoch_line(record, config.epochs))
             distributed.barrier(world)
     except LossDiverged as e:
