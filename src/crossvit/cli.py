@@ -6,18 +6,27 @@ import argparse
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from . import __version__
 from .errors import CrossViTError
-from .tools import (attention_cmd, bench_cmd, demo, eval_cmd, export_cmd, inspect_checkpoint, models_table, predict_cmd,
+from .tools import (ablate_cmd, attention_cmd, bench_cmd, demo, eval_cmd, export_cmd, inspect_checkpoint, models_table, predict_cmd,
                     quantize_cmd, tour, train_cmd)
 
 COMMANDS = [train_cmd, eval_cmd, predict_cmd, attention_cmd, export_cmd, quantize_cmd, models_table, bench_cmd,
-            inspect_checkpoint, demo, tour]
+            ablate_cmd, inspect_checkpoint, demo, tour]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line, `crossvit COMMAND: error: ...`, like every other error of the
+    command (its usage block is what `crossvit COMMAND --help` shows). Sub-commands inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crossvit", description="CrossViT: train, evaluate and inspect multi-scale vision transformers.")
+    parser = OneLineParser(prog="crossvit", description="CrossViT: train, evaluate and inspect multi-scale vision transformers.")
     parser.add_argument("--version", action="version", version=f"crossvit {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
