@@ -8,7 +8,6 @@ for it where the study maps to one of the paper's tables.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import CrossViTError
-from ..training.config import RECIPES_DIR, RunConfig, load_config
+from ..training.config import RECIPES_DIR, RunConfig, load_config, named_yaml
 
 STUDIES_DIR = RECIPES_DIR / "studies"
 STUDY_KEYS = ("title", "recipe", "budget", "seeds", "overrides", "paper", "cells")
@@ -56,16 +55,8 @@ def study_names() -> list[str]:
 
 
 def study_path(study: str) -> Path:
-    path = Path(study)
-    if path.is_file():
-        return path
-    named = STUDIES_DIR / f"{study.replace('-', '_')}.yaml"
-    if named.is_file():
-        return named
-    close = difflib.get_close_matches(study.replace("-", "_"), study_names(), n=3)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise CrossViTError(f"no study {study!r}: not a file, nor a name in {STUDIES_DIR}; {hint}studies: "
-                        f"{', '.join(study_names())}")
+    """A study file's path, given the path itself or a study's name (vs-vit or vs_vit)."""
+    return Path(study) if Path(study).is_file() else named_yaml(study.replace("-", "_"), STUDIES_DIR, "study")
 
 
 def load_study(study: str) -> Study:

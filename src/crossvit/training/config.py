@@ -135,16 +135,21 @@ PROBABILITIES = ("aug.hflip", "aug.random_erasing", "aug.mixup_switch_prob", "au
 
 def recipe_path(recipe: str) -> Path:
     """A recipe file's path, given the path itself or a recipe's name."""
-    path = Path(recipe)
+    return named_yaml(recipe, RECIPES_DIR, "recipe")
+
+
+def named_yaml(name: str, folder: Path, kind: str) -> Path:
+    """`name` if it is a file, else folder/name.yaml; a one-line error lists the names there."""
+    path = Path(name)
     if path.is_file():
         return path
-    named = RECIPES_DIR / f"{recipe}.yaml"
+    named = folder / f"{name}.yaml"
     if named.is_file():
         return named
-    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-    close = difflib.get_close_matches(recipe, known, n=3)
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
+    close = difflib.get_close_matches(name, known, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise CrossViTError(f"no recipe {recipe!r}: not a file, nor a name in {RECIPES_DIR}; {hint}recipes: {', '.join(known)}")
+    raise CrossViTError(f"no {kind} {name!r}: not a file, nor a name in {folder}; {hint}{kind}s: {', '.join(known)}")
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
