@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 import crossvit
@@ -35,3 +36,13 @@ def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread each, and the other core for the processes a test starts. (A test
+    module that imports this fixture gets it for every test.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -31,7 +31,7 @@ from crossvit.cli import main
 from crossvit.model.layouts import foreign_key_to_ours
 
 from imagegen import make_folder_dataset
-from tinyrun import PLAIN, tiny_args, tiny_config
+from tinyrun import PLAIN, tiny_args, tiny_config, one_thread  # noqa: F401 (an autouse fixture)
 
 SRC = Path(crossvit.__file__).resolve().parent
 TINY_ARCH = dict(dim=(32, 64), num_heads=(2, 2), depth=(1, 1), num_encoders=2, mlp_ratio=2.0)  # tinyrun's TINY

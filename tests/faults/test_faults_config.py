@@ -22,7 +22,7 @@ from crossvit.cli import main
 from crossvit.training.config import load_config
 
 from imagegen import make_folder_dataset
-from tinyrun import PLAIN, tiny_args
+from tinyrun import PLAIN, tiny_args, one_thread  # noqa: F401 (an autouse fixture)
 
 SILENT_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 
