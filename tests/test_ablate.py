@@ -116,6 +116,9 @@ def test_a_small_study_is_interrupted_resumed_and_reported_from_its_runs(tmp_pat
     assert [m["epoch"] for m in read_metrics(out / "cross" / "seed-0" / "metrics.jsonl")] == [1, 2]
     assert not (second / "metrics.jsonl").exists() and (second / "last.pth").exists()  # stopped in epoch 1
     finished_at = first.stat().st_mtime_ns
+    assert main([*argv, "--report-only"]) == 0  # a table of what is finished, and says so
+    out_text = capsys.readouterr().out
+    assert "| cross | 1/2 |" in out_text and "1 of 4 runs finished so far" in out_text
 
     monkeypatch.setattr(trainer, "StopSignals", StopInTheSecondRun.__mro__[1])
     assert main(argv) == 0

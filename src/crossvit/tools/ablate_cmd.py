@@ -85,5 +85,9 @@ def run(args: argparse.Namespace) -> int:
                 return 130
     text = write_report(study, root, seeds, command)
     print(text)
+    done = sum(run_finished(job.output) for job in all_jobs)
+    if done < len(all_jobs):  # under torchrun, the last process to finish writes the whole table
+        print(f"{done} of {len(all_jobs)} runs finished so far; the others are training in other processes or were "
+              "never started: the table is rewritten when they finish (or run the command again)")
     print(f"study directory {root}: results.md, results.csv, accuracy_vs_macs.png, one run directory per cell and seed")
     return 0
