@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..files import atomic_write
 from .config import CrossViTConfig
 from .layouts import layout_of, strip_wrappers, to_our_layout
@@ -118,7 +118,7 @@ def _unpickler_refusal(error: pickle.UnpicklingError) -> tuple[bool, str]:
     """Whether torch's weights-only unpickler stopped at a Python object (a global, a call), which
     could run code, rather than at bytes that are no pickle at all; and what it stopped at."""
     detail = str(error).split("WeightsUnpickler error:", 1)[-1].strip()
-    detail = detail.splitlines()[0].strip() if detail else type(error).__name__
+    detail = first_line(detail) if detail else type(error).__name__
     found = re.search(r"GLOBAL (\S+)", detail)
     if found:
         return True, found.group(1)
@@ -127,9 +127,7 @@ def _unpickler_refusal(error: pickle.UnpicklingError) -> tuple[bool, str]:
 
 def _first_sentence(error: Exception | str) -> str:
     """An error's first line, without the advice that torch and miniz append after the first full stop."""
-    text = str(error).strip()
-    line = text.splitlines()[0].strip() if text else type(error).__name__
-    return line.split(". ", 1)[0].rstrip(".")
+    return first_line(error).split(". ", 1)[0].rstrip(".")
 
 
 def _non_finite(obj: Any, prefix: str = "") -> list[str]:

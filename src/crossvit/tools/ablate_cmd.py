@@ -61,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
                         *(["--data", shlex.quote(args.data)] if args.data else []), "--budget", budget,
                         "--seeds", str(seeds), *map(shlex.quote, args.overrides)])
     all_jobs = jobs(study, root, seeds)
-    for job in all_jobs:  # every cell's config is checked before the first run starts
-        job_config(study, job, budget, extra)
+    configs = {job.output: job_config(study, job, budget, extra) for job in all_jobs}  # all checked before any run
 
     rank, world, local_world = process_place()
     if not args.report_only:
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             if (job.output / "config.yaml").is_file():  # started before: continue it as it was
                 config, state = config_of_run(job.output)
             else:
-                config, state = job_config(study, job, budget, extra), None
+                config, state = configs[job.output], None
                 if local_world > 1 and not any(o.startswith("train.threads=") for o in extra):
                     config.train.threads = threads  # the machine's cores shared among its processes
             log.info("study %s, run %d/%d of this process: cell %s, seed %d -> %s", study.name, i, len(mine),

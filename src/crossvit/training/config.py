@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import CrossViTError
+from ..errors import CrossViTError, first_line
 from ..files import atomic_write
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -256,7 +256,7 @@ def _check_model(m: ModelSection) -> None:
     except (CrossViTError, TypeError, ValueError) as e:  # BranchConfig's own checks, or a value of the wrong type
         given = [f"model.options={m.options!r}"] if m.options else []
         given += [f"model.img_size={m.img_size}"] if m.img_size is not None else []
-        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise CrossViTError(f"{' with '.join(given)} does not fit {m.name}: {reason}") from None
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import data as datasets
-from ..errors import CheckpointError, CrossViTError
+from ..errors import CheckpointError, CrossViTError, first_line
 from ..files import atomic_write, is_disk_full
 from ..model import CrossViT, CrossViTConfig, ModelMeta
 from ..model.checkpoint import FORMAT_TAG
@@ -149,10 +149,9 @@ def train(config: RunConfig, output: str | Path, resume: bool | dict | None = Fa
             raise CrossViTError(f"the disk is full: writing into {output} failed; free some space, then continue "
                                 "with --resume (last.pth holds the last saved state)") from None
         if world.distributed:  # a peer died: collectives fail here, or torchrun stopped this process
-            cause = (str(e).strip().splitlines() or [""])[0][:200]
-            raise CrossViTError(f"process {world.rank} of {world.size} stopped ({type(e).__name__}: {cause}); another "
-                                f"process of the run probably failed or was killed: run the same command with --resume "
-                                f"to continue from {output / 'last.pth'}") from e
+            raise CrossViTError(f"process {world.rank} of {world.size} stopped ({type(e).__name__}: {first_line(e)[:200]}); "
+                                "another process of the run probably failed or was killed: run the same command with "
+                                f"--resume to continue from {output / 'last.pth'}") from e
         raise
     finally:
         distributed.teardown()
@@ -226,9 +225,8 @@ def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: d
             if ema is not None and state.get("ema"):
                 ema.module.load_state_dict(state["ema"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:  # a file edited or swapped since it was saved
-            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise CheckpointError(f"{last_path} does not fit the run it was saved by ({cause}); restore the file, or "
-                                  "start the run again without --resume") from None
+            raise CheckpointError(f"{last_path} does not fit the run it was saved by ({first_line(e)[:160]}); restore "
+                                  "the file, or start the run again without --resume") from None
         progress = state["progress"]
         epoch, first_step = progress["epoch"], progress["step_in_epoch"]
         best_top1, best_epoch = progress["best_top1"], progress["best_epoch"]
