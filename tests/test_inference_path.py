@@ -184,3 +184,62 @@ def test_inference_after_a_fused_optimizer_step_sees_the_new_weights(plain_path)
         expected = model(x)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
+
+
+def _attention_reference(q, k, v, mask_self):
+    logits = q.double() @ k.double().transpose(-2, -1) * q.shape[-1] ** -0.5
+    if mask_self:
+        logits = logits.masked_fill(torch.eye(q.shape[-2], k.shape[-2], dtype=torch.bool), float("-inf"))
+    return logits.softmax(-1) @ v.double()
+
+
+@pytest.mark.parametrize("mask_self", [False, True])
+@pytest.mark.parametrize("block_bytes", [1, 3 * 2 * 7 * 7 * 4, 1 << 30])  # 5 images as 5 x 1, 3 + 2, 5
+def test_attention_in_blocks_equals_the_formula(mask_self, block_bytes, monkeypatch):
+    monkeypatch.setattr(layers, "_LOGITS_BLOCK_BYTES", block_bytes)
+    q, k, v = torch.randn(5, 7, 3, 2, 4).permute(2, 0, 3, 1, 4)  # strided, as the qkv projection leaves them
+    self_mask = torch.eye(7, dtype=torch.bool) if mask_self else None
+    with torch.inference_mode():
+        out = layers._attend_in_blocks(q, k, v, 4 ** -0.5, self_mask)
+        merged = layers.merge_heads(out)
+    torch.testing.assert_close(out.double(), _attention_reference(q, k, v, mask_self), atol=1e-6, rtol=1e-6)
+    assert merged.data_ptr() == out.data_ptr()  # the heads come out merged: no copy after
+
+
+def test_blocks_run_for_large_bf16_inference_batches_only(monkeypatch):
+    calls = []
+    blocked = layers._attend_in_blocks
+    monkeypatch.setattr(layers, "_attend_in_blocks", lambda *args: calls.append(args[0].shape[0]) or blocked(*args))
+    monkeypatch.setattr(layers, "_LOGITS_BLOCK_BYTES", 4 * 50 * 50 * 2 * 3)  # 3 images' small-branch logits
+    model = _model()
+    for batch, precision, grad, expected in [(8, torch.bfloat16, False, True), (2, torch.bfloat16, False, False),
+                                             (8, torch.float32, False, False), (8, torch.bfloat16, True, False)]:
+        calls.clear()
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+            model(torch.randn(batch, 3, 32, 32, requires_grad=grad))
+        assert bool(calls) == expected, (batch, precision, grad)
+
+
+def test_bf16_outputs_do_not_depend_on_the_attention_blocks(monkeypatch):
+    model = _model(locality_attention=True)
+    x = torch.randn(5, 3, 32, 32)
+    outputs = []
+    for block_bytes in (1, 1 << 30):  # blocks of one image; a budget the batch never exceeds: no blocks
+        monkeypatch.setattr(layers, "_LOGITS_BLOCK_BYTES", block_bytes)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs.append(model(x).float())
+    with torch.inference_mode():
+        reference = model(x)
+    scale = reference.abs().max().item()
+    assert (outputs[0] - outputs[1]).abs().max().item() < 0.02 * scale
+    assert (outputs[0] - reference).abs().max().item() < 0.05 * scale
+
+
+def test_a_model_built_under_inference_mode_runs():
+    """Its weights are inference tensors, which have no version counter for the weight cache."""
+    with torch.inference_mode():
+        model = crossvit.create_model("crossvit_micro_32").eval()
+        x = torch.randn(2, 3, 32, 32)
+        for precision in (torch.float32, torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+                assert torch.isfinite(model(x)).all()
