@@ -124,9 +124,49 @@ def test_in_memory_pad_and_crop_shifts_each_image_within_the_padding():
     assert len(shifts) == 9  # every offset in [0, 2] x [0, 2] occurs
 
 
+def _erased_boxes(erased: torch.Tensor) -> list[tuple[int, int]]:
+    """(height, width) of the erased box of each image of an (N, H, W) mask; asserts it is one box."""
+    boxes = []
+    for mask in erased:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        if len(rows) == 0:
+            continue
+        box = (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
+        assert mask.sum() == box[0] * box[1] and mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+        boxes.append(box)
+    return boxes
+
+
+def test_in_memory_random_erasing_draws_boxes_as_timm_does():
+    """The batch path's erasing against timm's RandomErasing (mode "pixel") on 28 px images:
+    one box each, how often, how large, what fills it; the rest of each image untouched."""
+    from timm.data.random_erasing import RandomErasing
+
+    n = 3000
+    images = torch.full((n, 1, 28, 28), 100, dtype=torch.uint8)
+    data = InMemoryImages(images, torch.zeros(n, dtype=torch.long), (100 / 255,), (1 / 255,), erase=0.25, seed=0)
+    out = data.batch(list(range(n)))[0]
+    erased = out[:, 0] != 0  # the images normalise to exactly 0 outside the boxes
+    ours = _erased_boxes(erased)
+    torch.manual_seed(0)
+    timm_erase = RandomErasing(0.25, mode="pixel", device="cpu")
+    theirs = _erased_boxes(torch.stack([timm_erase(torch.zeros(1, 28, 28))[0] != 0 for _ in range(n)]))
+    assert abs(len(ours) - len(theirs)) < 0.04 * n and 0.21 * n < len(ours) < 0.29 * n
+    area = [np.mean([h * w for h, w in boxes]) / 28 ** 2 for boxes in (ours, theirs)]
+    assert abs(area[0] - area[1]) < 0.015 and 0.1 < area[0] < 0.25
+    tall = [np.mean([h > w for h, w in boxes]) for boxes in (ours, theirs)]
+    assert abs(tall[0] - tall[1]) < 0.08
+    noise = out[:, 0][erased]
+    assert abs(noise.mean().item()) < 0.02 and abs(noise.std().item() - 1) < 0.02
+    alone = torch.stack([data[i][0] for i in (17, 5)])
+    assert torch.equal(alone, out[[17, 5]])  # the batch it falls in does not matter
+
+
 def test_other_augmentations_keep_the_per_sample_pipeline(tmp_path):
-    train, *_ = _fashion_sets(tmp_path, "aug.random_erasing=0.25")
+    train, *_ = _fashion_sets(tmp_path, "aug.randaugment=rand-m9-mstd0.5")
     assert isinstance(train, D.SeededSamples)
+    train, *_ = _fashion_sets(tmp_path, "aug.random_erasing=0.25")
+    assert isinstance(train, InMemoryImages) and train.erase == 0.25
     train, *_ = _fashion_sets(tmp_path, "data.limit_train=20")
     assert len(train) == 20 and train[0][0].shape == (1, 28, 28)
 
