@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import CrossViTError
 
-TOKENIZERS = ("linear", "conv3", "shifted", "t2t")
+TOKENIZERS = ("linear", "conv3", "shifted", "t2t", "convstem")
 FUSIONS = ("cross_attention", "all_attention", "class_token", "pairwise", "none")
 
 
@@ -32,8 +32,8 @@ class BranchConfig:
         """Side of the patch grid this branch produces (the tokenizers keep images square)."""
         if self.tokenizer in ("linear", "shifted"):
             return self.img_size // self.patch_size
-        layout = t2t_layout(self.patch_size) if self.tokenizer == "t2t" else conv3_layout(self.patch_size)
-        return layout_grid(self.img_size, layout)
+        layouts = {"t2t": t2t_layout, "conv3": conv3_layout, "convstem": convstem_layout}
+        return layout_grid(self.img_size, layouts[self.tokenizer](self.patch_size))
 
 
 def layout_grid(size: int, layout: list[tuple[int, int, int]]) -> int:
@@ -62,6 +62,16 @@ def conv3_layout(patch_size: int) -> list[tuple[int, int, int]]:
             "use tokenizer='linear' for other patch sizes"
         )
     return [(7, 4, 3), *rest[patch_size]]
+
+
+def convstem_layout(patch_size: int) -> list[tuple[int, int, int]]:
+    """(kernel, stride, padding) of the convolutional stem of Xiao et al. ("Early convolutions
+    help transformers see better", 2021): one 3x3 stride-2 convolution per halving of the patch."""
+    halvings = patch_size.bit_length() - 1
+    if patch_size < 2 or patch_size != 1 << halvings:
+        raise CrossViTError(f"tokenizer 'convstem' needs a power-of-two patch size (2, 4, 8, 16...), not {patch_size}; "
+                            "use tokenizer='linear' for other patch sizes")
+    return [(3, 2, 1)] * halvings
 
 
 def t2t_layout(patch_size: int) -> list[tuple[int, int, int]]:
@@ -143,6 +153,10 @@ class CrossViTConfig:
                 need(b.dim % 4 == 0, f"branch {i}: the conv3 tokenizer needs dim divisible by 4, got {b.dim}")
             if b.tokenizer == "t2t":
                 t2t_layout(b.patch_size)
+            if b.tokenizer == "convstem":
+                convstem_layout(b.patch_size)
+                need(b.dim % (1 << len(convstem_layout(b.patch_size))) == 0,
+                     f"branch {i}: the convstem tokenizer needs dim divisible by {b.patch_size} (its first width is dim / patch * 2), got {b.dim}")
             need(b.grid_size() >= 1, f"branch {i}: image size {b.img_size} is smaller than its patch {b.patch_size}")
 
     # -- derived quantities -------------------------------------------------------------

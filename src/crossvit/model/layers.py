@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import conv3_layout, layout_grid, t2t_layout
+from .config import conv3_layout, convstem_layout, layout_grid, t2t_layout
 
 
 def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
@@ -313,8 +313,8 @@ class TokensToToken(nn.Module):
 
 class Tokenizer(nn.Module):
     """Image -> patch tokens (B, grid*grid, dim): one strided convolution ('linear'), the
-    three-convolution stem of the dagger models ('conv3'), shifted patches ('shifted'), or
-    Tokens-to-Token ('t2t')."""
+    three-convolution stem of the dagger models ('conv3'), shifted patches ('shifted'),
+    Tokens-to-Token ('t2t'), or a stem of stride-2 convolutions ('convstem')."""
 
     def __init__(self, kind: str, patch_size: int, in_chans: int, dim: int) -> None:
         super().__init__()
@@ -324,6 +324,8 @@ class Tokenizer(nn.Module):
             self.proj = ShiftedPatches(patch_size, in_chans, dim)
         elif kind == "t2t":
             self.proj = TokensToToken(patch_size, in_chans, dim)
+        elif kind == "convstem":
+            self.proj = conv_stem(patch_size, in_chans, dim)
         else:
             widths = [in_chans, dim // 4, dim // 2, dim]
             layers: list[nn.Module] = []
@@ -337,6 +339,18 @@ class Tokenizer(nn.Module):
         if isinstance(self.proj, (ShiftedPatches, TokensToToken)):
             return self.proj(x)
         return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def conv_stem(patch_size: int, in_chans: int, dim: int) -> nn.Sequential:
+    """3x3 stride-2 convolutions, each with BatchNorm and ReLU, widths doubling up to `dim`,
+    then a 1x1 convolution (Xiao et al. 2021): a patch's token sees its neighbours' pixels."""
+    layout = convstem_layout(patch_size)
+    widths = [in_chans] + [dim >> (len(layout) - 1 - i) for i in range(len(layout))]
+    layers: list[nn.Module] = []
+    for i, (kernel, stride, padding) in enumerate(layout):
+        layers += [nn.Conv2d(widths[i], widths[i + 1], kernel, stride, padding, bias=False),
+                   nn.BatchNorm2d(widths[i + 1]), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.Conv2d(dim, dim, 1))
 
 
 class Projection(nn.Sequential):
