@@ -76,7 +76,7 @@ class InMemoryImages(Dataset):
                 flip = (draws[:, 0] < self.hflip).view(-1, 1, 1, 1)
                 images = torch.where(flip, images.flip(-1), images)
         images = (images.float() - self.mean) * self.scale
-        if self.augments and self.erase > 0:
+        if self.erase > 0:
             images = self._erased(images, draws)
         return images, self.labels[index]
 

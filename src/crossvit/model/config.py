@@ -154,9 +154,9 @@ class CrossViTConfig:
             if b.tokenizer == "t2t":
                 t2t_layout(b.patch_size)
             if b.tokenizer == "convstem":
-                convstem_layout(b.patch_size)
-                need(b.dim % (1 << len(convstem_layout(b.patch_size))) == 0,
-                     f"branch {i}: the convstem tokenizer needs dim divisible by {b.patch_size} (its first width is dim / patch * 2), got {b.dim}")
+                halvings = len(convstem_layout(b.patch_size))  # widths double up to dim
+                need(b.dim % (1 << (halvings - 1)) == 0,
+                     f"branch {i}: the convstem tokenizer needs dim divisible by {1 << (halvings - 1)}, got {b.dim}")
             need(b.grid_size() >= 1, f"branch {i}: image size {b.img_size} is smaller than its patch {b.patch_size}")
 
     # -- derived quantities -------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -177,7 +178,8 @@ def _attend_in_blocks(q: Tensor, k: Tensor, v: Tensor, scale: float, self_mask: 
     tensor, so that merge_heads() after it copies nothing."""
     batch, heads, n = q.shape[:3]
     per_block = max(1, _LOGITS_BLOCK_BYTES // (heads * n * k.shape[-2] * q.element_size()))
-    step = -(-batch // -(-batch // per_block))  # blocks of equal size: 4 images as 2 + 2, not 3 + 1
+    blocks = math.ceil(batch / per_block)
+    step = math.ceil(batch / blocks)  # blocks of equal size: 4 images as 2 + 2, not 3 + 1
     out = None
     for start in range(0, batch, step):
         logits = q[start:start + step] * scale @ k[start:start + step].transpose(-2, -1)
