@@ -206,6 +206,39 @@ def test_auto_precision_picks_bf16_only_where_it_is_native(folder, tmp_path, mon
     assert (torch.bfloat16 in chosen) == native
 
 
+def test_compiled_training_matches_eager(folder, tmp_path):
+    # SGD: AdamW would magnify rounding differences in near-zero gradients up to the learning rate.
+    args = (*PLAIN, "epochs=1", "data.limit_train=24", "optim.name=sgd", "optim.lr=0.05")
+    train(tiny_config(folder, *args), tmp_path / "eager")
+    train(tiny_config(folder, *args, "train.compile=true"), tmp_path / "compiled")
+    assert load_config(str(tmp_path / "compiled" / "config.yaml")).train.compile  # it did compile
+    assert_same_weights(tmp_path / "eager" / "last.pth", tmp_path / "compiled" / "last.pth", atol=1e-5)
+
+
+def test_compile_probe_names_a_missing_compiler(tmp_path, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from crossvit.training.engine import compile_unavailable
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    reason = compile_unavailable(torch.device("cpu"))
+    torch._dynamo.reset()
+    assert reason is not None and "C++ compiler" in reason and "\n" not in reason
+
+
+def test_train_compile_falls_back_to_eager_where_compile_cannot_work(folder, tmp_path, monkeypatch, caplog):
+    from crossvit.training import trainer
+
+    monkeypatch.setattr(trainer, "compile_unavailable", lambda device: "no C++ compiler found")
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile called"))
+    result = train(tiny_config(folder, *PLAIN, "epochs=1", "data.limit_train=16", "train.compile=true"), tmp_path / "run")
+    assert result.final is not None
+    assert "no C++ compiler found" in caplog.text and "training without it" in caplog.text
+    assert load_config(str(tmp_path / "run" / "config.yaml")).train.compile is False
+
+
 def test_cli_errors_are_one_line(folder, tmp_path):
     for args, message in (
         (["train", "small_folder", "--data", str(tmp_path / "missing")], "dataset folder .*missing does not exist"),

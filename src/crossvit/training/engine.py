@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, mix_seed, seed_everything
-from ..errors import CrossViTError
+from ..errors import CrossViTError, first_line
 from .distributed import World, all_sum
 
 log = logging.getLogger("crossvit")
@@ -30,6 +30,21 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels on `device` here, or None when it can. On a CPU,
+    inductor compiles C++ at run time and needs a compiler and Python's headers, which a fresh
+    machine may lack; a one-line function tells in seconds, before the run depends on it."""
+    try:
+        torch.compile(_compile_probe, fullgraph=True)(torch.ones(4, device=device))
+    except Exception as e:  # inductor and the toolchain raise many types; the message names what failed
+        return first_line(e)[:200]
+    return None
+
+
+def _compile_probe(x: torch.Tensor) -> torch.Tensor:
+    return x * 2 + 1
 
 
 def autocast(device: torch.device, precision: str):

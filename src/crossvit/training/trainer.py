@@ -22,7 +22,7 @@ from ..model.checkpoint import FORMAT_TAG
 from ..model.factory import create_model
 from . import distributed
 from .config import RunConfig, load_config, save_config
-from .engine import EvalResult, LossDiverged, StepContext, evaluate, native_bf16, train_one_epoch
+from .engine import EvalResult, LossDiverged, StepContext, compile_unavailable, evaluate, native_bf16, train_one_epoch
 from .plots import plot_curves
 from .state import load_state, save_state
 
@@ -181,13 +181,19 @@ def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: d
     if d.batch_size % (world.size * o.accum_steps):
         raise CrossViTError(f"data.batch_size={d.batch_size} must be divisible by processes x optim.accum_steps "
                             f"= {world.size} x {o.accum_steps}")
+    class_names = datasets.class_names(d)  # first: a missing dataset is the one error the user sees
     if t.precision == "auto":
         t.precision = "bf16" if native_bf16(world.device) else "fp32"  # saved as chosen
         if world.is_main:
             log.info("train.precision=auto: %s on this %s", t.precision, world.device.type.upper())
+    if t.compile and (reason := compile_unavailable(world.device)):
+        t.compile = False  # saved as chosen, like precision
+        if world.is_main:
+            log.warning("train.compile=true, but torch.compile does not work here (%s); training without it. "
+                        "On a CPU it needs a C++ compiler and Python's headers (apt-get install g++ python3-dev)",
+                        reason)
     if t.precision == "fp16" and world.device.type != "cuda":
         raise CrossViTError("train.precision=fp16 needs a GPU; on a CPU use train.precision=bf16")
-    class_names = datasets.class_names(d)
     model = build_model(config, class_names, state)
     if t.grad_checkpointing:
         model.set_grad_checkpointing(True)
