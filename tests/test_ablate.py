@@ -4,6 +4,7 @@ survives an interruption and reports what its runs' own files say."""
 import csv
 import io
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from crossvit import CrossViTError
 from crossvit.cli import main
 from crossvit.tools import ablation
 from crossvit.training import trainer
+from crossvit.training.config import load_config
 from crossvit.training.trainer import read_metrics
 from imagegen import make_folder_dataset
 from tinyrun import PLAIN, TINY
@@ -25,6 +27,15 @@ def test_every_study_cell_builds_its_model(name, tmp_path):
         config = ablation.job_config(study, job, study.budget, [])
         model = crossvit.create_model(config.model.name, num_classes=10, **config.model.options)
         assert config.seed == 0 and model.config.img_size == 28
+
+
+def test_studies_resolve_the_configuration_they_were_measured_with():
+    # The config.yaml of a run the fusion study made: the demo recipe moving on must not move the studies.
+    measured = load_config(str(Path(__file__).parent / "golden" / "study_fusion_cross_attention_seed0.yaml"))
+    study = ablation.load_study("fusion")
+    job = next(j for j in ablation.jobs(study, Path("unused"), seeds=1) if j.cell.name == "cross_attention")
+    as_run = ["data.path=/usr/share/datasets/fashion-mnist", "train.precision=bf16", "train.threads=1"]  # chosen there
+    assert ablation.job_config(study, job, study.budget, as_run) == measured
 
 
 def test_the_vs_vit_cells_cost_the_same():
