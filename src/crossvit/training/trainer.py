@@ -181,7 +181,18 @@ def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: d
     if d.batch_size % (world.size * o.accum_steps):
         raise CrossViTError(f"data.batch_size={d.batch_size} must be divisible by processes x optim.accum_steps "
                             f"= {world.size} x {o.accum_steps}")
-    class_names = datasets.class_names(d)  # first: a missing dataset is the one error the user sees
+    if t.precision == "fp16" and world.device.type != "cuda":
+        raise CrossViTError("train.precision=fp16 needs a GPU; on a CPU use train.precision=bf16")
+    class_names = datasets.class_names(d)
+    model = build_model(config, class_names, state)
+    if t.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(world.device)
+
+    micro_batch = d.batch_size // (world.size * o.accum_steps)
+    train_set = datasets.build_dataset(d, "train", model.meta, config.aug, config.seed)
+    val_set = datasets.build_dataset(d, "val", model.meta, None, config.seed)
+    # Settings resolved for this machine, once the data is known to be there (bad input stays one line).
     if t.precision == "auto":
         t.precision = "bf16" if native_bf16(world.device) else "fp32"  # saved as chosen
         if world.is_main:
@@ -192,16 +203,6 @@ def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: d
             log.warning("train.compile=true, but torch.compile does not work here (%s); training without it. "
                         "On a CPU it needs a C++ compiler and Python's headers (apt-get install g++ python3-dev)",
                         reason)
-    if t.precision == "fp16" and world.device.type != "cuda":
-        raise CrossViTError("train.precision=fp16 needs a GPU; on a CPU use train.precision=bf16")
-    model = build_model(config, class_names, state)
-    if t.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    model.to(world.device)
-
-    micro_batch = d.batch_size // (world.size * o.accum_steps)
-    train_set = datasets.build_dataset(d, "train", model.meta, config.aug, config.seed)
-    val_set = datasets.build_dataset(d, "val", model.meta, None, config.seed)
     a = config.aug
     steps_per_epoch = len(datasets.train_loader(train_set, micro_batch, 0, world.rank, world.size, config.seed,
                                                 a.repeated)) // o.accum_steps
