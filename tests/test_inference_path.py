@@ -44,6 +44,7 @@ def test_fused_path_equals_plain_path_in_fp32(fusion, plain_path):
 
 def test_fused_path_under_bf16_autocast_stays_close_to_fp32(plain_path):
     model = _model()
+    model.bf16_twin_enabled = False  # the autocast path itself (the twin has its own tests)
     x = torch.randn(4, 3, 32, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         fused = model(x).float()

@@ -18,6 +18,7 @@ from ..errors import CrossViTError
 from .config import CrossViTConfig
 from .fusion import build_fusion
 from .layers import Block, Tokenizer, forget_packed_weights, init_weights, layer_norm, run_linear
+from .low_precision import bf16_twin, forget_bf16_twin, run_in_bf16
 
 
 class MultiScaleEncoder(nn.Module):
@@ -61,6 +62,7 @@ class CrossViT(nn.Module):
         self.num_classes = config.num_classes
         self.num_features = sum(b.dim for b in config.branches)
         self.grad_checkpointing = False
+        self.bf16_twin_enabled = True  # bf16-autocast inference runs a bf16 copy (low_precision.py)
         self.grids = [b.grid_size() for b in config.branches]
         extra = 1 if config.cls_token else 0
 
@@ -87,6 +89,7 @@ class CrossViT(nn.Module):
 
     def train(self, mode: bool = True) -> CrossViT:
         forget_packed_weights(self)  # weights may have changed unseen since the last inference
+        forget_bf16_twin(self)
         return super().train(mode)
 
     def no_weight_decay(self) -> set[str]:
@@ -101,6 +104,7 @@ class CrossViT(nn.Module):
         """Make every attention layer compute its weights explicitly and keep the last ones in
         its `.attention` (B, heads, queries, keys): the self-attention of each block
         (`encoders[k].branches[b][j].attn`) and the fusion's (`encoders[k].fusion`)."""
+        self.__dict__["_keeps_attention"] = enable  # the bf16 twin would keep them, not us
         for module in self.modules():
             if hasattr(module, "keep_attention") and not callable(module.keep_attention):
                 module.keep_attention = enable
@@ -112,6 +116,7 @@ class CrossViT(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """New heads for `num_classes` classes (0: no heads, forward returns features)."""
         ref = self.norms[0].weight
+        forget_bf16_twin(self)
         self.num_classes = num_classes
         self.heads = nn.ModuleList(
             self._new_head(b.dim, num_classes).to(device=ref.device, dtype=ref.dtype) for b in self.config.branches
@@ -151,6 +156,9 @@ class CrossViT(nn.Module):
         return xs
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
+        twin = bf16_twin(self, x)  # bf16 inference: see low_precision.py
+        if twin is not None:
+            return run_in_bf16(twin.forward_features, x)
         xs = self.embed(x)
         for encoder in self.encoders:
             if self.grad_checkpointing and torch.is_grad_enabled():
@@ -173,4 +181,7 @@ class CrossViT(nn.Module):
         return torch.stack(self.branch_logits(xs)).mean(0)
 
     def forward(self, x: Tensor) -> Tensor:
+        twin = bf16_twin(self, x)
+        if twin is not None:
+            return run_in_bf16(twin, x)
         return self.forward_head(self.forward_features(x))
