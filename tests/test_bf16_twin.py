@@ -23,14 +23,18 @@ def _model(**overrides):
     return model
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
 def _bf16_inference(model, x):
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16):
         return model(x)
 
 
-def test_twin_computes_what_a_bf16_converted_model_computes():
-    model = _model()
-    x = torch.randn(3, 3, 32, 32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_twin_computes_what_a_bf16_converted_model_computes(device):
+    model = _model().to(device)
+    x = torch.randn(3, 3, 32, 32, device=device)
     converted = copy.deepcopy(model).to(torch.bfloat16)
     converted.bf16_twin_enabled = False
     with torch.inference_mode():
@@ -41,10 +45,11 @@ def test_twin_computes_what_a_bf16_converted_model_computes():
     assert bf16_twin(model, x) is None  # outside autocast and inference: the model itself runs
 
 
-def test_twin_stays_as_close_to_fp32_as_timms_model_under_autocast():
+@pytest.mark.parametrize("device", DEVICES)
+def test_twin_stays_as_close_to_fp32_as_timms_model_under_autocast(device):
     pytest.importorskip("timm")
-    ours, theirs = (c.model for c in build_contenders("crossvit_tiny_240", True, None, torch.device("cpu")))
-    x = torch.randn(2, 3, 240, 240)
+    ours, theirs = (c.model for c in build_contenders("crossvit_tiny_240", True, None, torch.device(device)))
+    x = torch.randn(2, 3, 240, 240, device=device)
     with torch.inference_mode():
         reference = ours(x)
     twin_error = (_bf16_inference(ours, x).float() - reference).abs().max().item()
