@@ -65,10 +65,9 @@ def bf16_twin(model: nn.Module, x: Tensor) -> nn.Module | None:
     """The model's bf16 copy when `x` is about to go through it for inference under bf16
     autocast (eval mode, no gradient, nothing tracing or keeping attention); else None."""
     device = x.device.type
-    if (model.training or not model.bf16_twin_enabled or torch.is_grad_enabled()
-            or device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device)
-            or torch.get_autocast_dtype(device) != torch.bfloat16
-            or torch.jit.is_tracing() or torch.compiler.is_compiling() or model.__dict__.get("_keeps_attention")):
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or model.training or not model.bf16_twin_enabled
+            or torch.is_grad_enabled() or device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device)
+            or torch.get_autocast_dtype(device) != torch.bfloat16 or model.__dict__.get("_keeps_attention")):
         return None
     cache = model.__dict__.get("_bf16_twin")
     if cache is None:
