@@ -22,6 +22,19 @@ def small_config(**overrides):
     return crossvit.create_model("crossvit_micro_32", **base)
 
 
+def perturbed_micro_model(**overrides):
+    """crossvit_micro_32 in eval mode with every tensor nudged off its init, so that no bias
+    or norm hides a difference between two paths."""
+    import crossvit
+
+    torch.manual_seed(0)
+    model = crossvit.create_model("crossvit_micro_32", **overrides).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
 @pytest.fixture
 def small_model():
     torch.manual_seed(0)

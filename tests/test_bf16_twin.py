@@ -9,18 +9,9 @@ import pickle
 import pytest
 import torch
 
-import crossvit
+from conftest import perturbed_micro_model
 from crossvit.model.low_precision import bf16_twin
 from crossvit.tools.benchmark import build_contenders
-
-
-def _model(**overrides):
-    torch.manual_seed(0)
-    model = crossvit.create_model("crossvit_micro_32", **overrides).eval()
-    with torch.no_grad():  # perturb every tensor so that no bias or norm hides
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
@@ -33,7 +24,7 @@ def _bf16_inference(model, x):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_twin_computes_what_a_bf16_converted_model_computes(device):
-    model = _model().to(device)
+    model = perturbed_micro_model().to(device)
     x = torch.randn(3, 3, 32, 32, device=device)
     converted = copy.deepcopy(model).to(torch.bfloat16)
     converted.bf16_twin_enabled = False
@@ -60,7 +51,7 @@ def test_twin_stays_as_close_to_fp32_as_timms_model_under_autocast(device):
 
 
 def test_twin_follows_the_weights():
-    model = _model()
+    model = perturbed_micro_model()
     x = torch.randn(2, 3, 32, 32)
     before = _bf16_inference(model, x)
     first_twin = bf16_twin_of(model, x)
@@ -70,7 +61,7 @@ def test_twin_follows_the_weights():
     assert not torch.equal(before, after_update)
     assert bf16_twin_of(model, x) is not first_twin
 
-    other = _model(drop_rate=0.0)
+    other = perturbed_micro_model(drop_rate=0.0)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(1e-2)
@@ -89,7 +80,7 @@ def bf16_twin_of(model, x):
 
 
 def test_twin_steps_aside_where_it_must():
-    model = _model()
+    model = perturbed_micro_model()
     x = torch.randn(2, 3, 32, 32)
     assert bf16_twin_of(model, x) is not None
     model.train()
@@ -111,12 +102,12 @@ def test_twin_steps_aside_where_it_must():
 def test_int8_model_keeps_its_own_layers():
     from crossvit.quantize import quantize_model
 
-    quantized = quantize_model(_model())
+    quantized = quantize_model(perturbed_micro_model())
     assert bf16_twin_of(quantized, torch.randn(1, 3, 32, 32)) is None
 
 
 def test_twin_is_never_saved_copied_or_trained():
-    model = _model()
+    model = perturbed_micro_model()
     keys = set(model.state_dict())
     twin = bf16_twin_of(model, torch.randn(1, 3, 32, 32))
     assert set(model.state_dict()) == keys

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import crossvit
+from conftest import perturbed_micro_model
 from crossvit.model import layers
 from crossvit.model.fusion import CrossAttention
 from crossvit.tools.flops import count_macs
@@ -21,18 +22,9 @@ def plain_path(monkeypatch):
     return off
 
 
-def _model(**overrides):
-    torch.manual_seed(0)
-    model = crossvit.create_model("crossvit_micro_32", **overrides).eval()
-    with torch.no_grad():  # perturb every tensor so that no bias or norm hides
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
 @pytest.mark.parametrize("fusion", ["cross_attention", "all_attention", "pairwise"])
 def test_fused_path_equals_plain_path_in_fp32(fusion, plain_path):
-    model = _model(fusion=fusion)
+    model = perturbed_micro_model(fusion=fusion)
     x = torch.randn(3, 3, 32, 32)
     with torch.inference_mode():
         fused = model(x)
@@ -43,7 +35,7 @@ def test_fused_path_equals_plain_path_in_fp32(fusion, plain_path):
 
 
 def test_fused_path_under_bf16_autocast_stays_close_to_fp32(plain_path):
-    model = _model()
+    model = perturbed_micro_model()
     model.bf16_twin_enabled = False  # the autocast path itself (the twin has its own tests)
     x = torch.randn(4, 3, 32, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -60,7 +52,7 @@ def test_fused_path_under_bf16_autocast_stays_close_to_fp32(plain_path):
 
 
 def test_fused_kernel_is_what_runs(plain_path):
-    model = _model(dim=(128, 256), img_size=256)
+    model = perturbed_micro_model(dim=(128, 256), img_size=256)
     x = torch.randn(2, 3, 256, 256)  # the small branch sees 2 x 4097 rows: past the fp32 limit
     calls = []  # (rows, in_features) of every F.linear
 
@@ -87,7 +79,7 @@ def test_fused_kernel_is_what_runs(plain_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_gradients_equal_plain_path(precision, plain_path):
-    model = _model(drop_path_rate=0.0).train()
+    model = perturbed_micro_model(drop_path_rate=0.0).train()
     x = torch.randn(2, 3, 32, 32)
 
     def gradients():
@@ -105,7 +97,7 @@ def test_gradients_equal_plain_path(precision, plain_path):
 
 
 def test_mac_count_is_the_same_with_and_without_the_fused_kernel(plain_path):
-    model = _model()
+    model = perturbed_micro_model()
     x = torch.zeros(1, 3, 32, 32)
     fused = count_macs(model, x)
     plain_path()
@@ -113,7 +105,7 @@ def test_mac_count_is_the_same_with_and_without_the_fused_kernel(plain_path):
 
 
 def test_a_replaced_linear_is_called_as_it_is():
-    model = _model()
+    model = perturbed_micro_model()
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         before = model(x)
@@ -134,7 +126,7 @@ def test_a_replaced_linear_is_called_as_it_is():
 
 
 def test_packed_bf16_weights_follow_weight_updates(plain_path):
-    model = _model()
+    model = perturbed_micro_model()
     x = torch.randn(2, 3, 32, 32)
 
     def bf16_logits():
@@ -142,7 +134,7 @@ def test_packed_bf16_weights_follow_weight_updates(plain_path):
             return model(x).float()
 
     first = bf16_logits()
-    other = _model()
+    other = perturbed_micro_model()
     other.load_state_dict({k: v + 0.1 * torch.randn_like(v) for k, v in model.state_dict().items()})
     model.load_state_dict(other.state_dict())  # copies in place: the packed copies must notice
     updated = bf16_logits()
@@ -156,7 +148,7 @@ def test_a_model_that_has_run_inference_can_still_be_copied(plain_path):
     import copy
     import pickle
 
-    model = _model(dim=(128, 256))
+    model = perturbed_micro_model(dim=(128, 256))
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(x)  # leaves oneDNN copies of the weights on the layers
@@ -170,7 +162,7 @@ def test_a_model_that_has_run_inference_can_still_be_copied(plain_path):
 def test_inference_after_a_fused_optimizer_step_sees_the_new_weights(plain_path):
     """A fused AdamW step changes the weights without bumping their version counter: the packed
     copies made before it must not survive the switch back to eval (the trainer's pattern)."""
-    model = _model(dim=(128, 256))
+    model = perturbed_micro_model(dim=(128, 256))
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         before = model(x)  # fills the cache
@@ -212,7 +204,7 @@ def test_blocks_run_for_large_bf16_inference_batches_only(monkeypatch):
     blocked = layers._attend_in_blocks
     monkeypatch.setattr(layers, "_attend_in_blocks", lambda *args: calls.append(args[0].shape[0]) or blocked(*args))
     monkeypatch.setattr(layers, "_LOGITS_BLOCK_BYTES", 4 * 50 * 50 * 2 * 3)  # 3 images' small-branch logits
-    model = _model()
+    model = perturbed_micro_model()
     for batch, precision, grad, expected in [(8, torch.bfloat16, False, True), (2, torch.bfloat16, False, False),
                                              (8, torch.float32, False, False), (8, torch.bfloat16, True, False)]:
         calls.clear()
@@ -222,7 +214,7 @@ def test_blocks_run_for_large_bf16_inference_batches_only(monkeypatch):
 
 
 def test_bf16_outputs_do_not_depend_on_the_attention_blocks(monkeypatch):
-    model = _model(locality_attention=True)
+    model = perturbed_micro_model(locality_attention=True)
     x = torch.randn(5, 3, 32, 32)
     outputs = []
     for block_bytes in (1, 1 << 30):  # blocks of one image; a budget the batch never exceeds: no blocks
