@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from crossvit.cli import main
 from crossvit.tools import benchmark
@@ -75,8 +76,26 @@ def test_out_of_memory_halves_the_batch(capsys, monkeypatch):
     (["crossvit_micro_32", "--compare", "timm"], "timm has no model named crossvit_micro_32"),
     (["crossvit_99"], "crossvit_99"),
     (["crossvit_micro_32", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["crossvit_micro_32", "--cuda-graph", "--device", "cpu"], "--cuda-graph needs a GPU"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     assert main(["bench", *argv, *FAST]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_cuda_graph_replays_what_eager_inference_runs(capsys):
+    setting = benchmark.Setting("infer", 4, "bf16", cuda_graph=True)
+    model = benchmark.build_contenders("crossvit_micro_32", False, None, torch.device("cuda"))[0].model
+    replay = benchmark.make_step(model, setting, 32, 3, torch.device("cuda"))
+    assert isinstance(replay.__self__, torch.cuda.CUDAGraph)  # the step is the graph's replay
+    replay()
+    torch.cuda.synchronize()
+    report = _run(capsys, "crossvit_micro_32", "--device", "cuda", "--cuda-graph", "--mode", "latency", "infer",
+                  "--precision", "fp32", "bf16", "--batch-size", "4")
+    assert [(r["mode"], r["cuda_graph"]) for r in report["results"]] == [("latency", True), ("infer", True)] * 2
+    assert main(["bench", "crossvit_micro_32", "--device", "cuda", "--cuda-graph", "--mode", "train", *FAST]) == 2
+    assert "--cuda-graph replays eager inference only" in capsys.readouterr().err
+    for r in report["results"]:
+        assert r["crossvit"]["best_img_s"] > 0

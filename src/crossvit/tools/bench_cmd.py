@@ -28,6 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", choices=("off", "on", "both"), default="off", help="torch.compile the models")
     p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                    help="torch.compile's mode (reduce-overhead: CUDA graphs on GPU)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay inference as one CUDA graph, captured once (both models; CUDA, latency/infer only)")
     p.add_argument("--img-size", type=int, help="input size (default: the variant's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
@@ -41,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_of(args: argparse.Namespace) -> list[bm.Setting]:
     compiled = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    return [bm.Setting(mode, 1 if mode == "latency" else args.batch_size, precision, c, args.compile_mode)
+    return [bm.Setting(mode, 1 if mode == "latency" else args.batch_size, precision, c, args.compile_mode,
+                       args.cuda_graph)
             for c in compiled for precision in args.precision for mode in args.mode]
 
 
@@ -75,6 +78,12 @@ def run_bench(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CrossViTError("--device cuda: no CUDA device is available; use --device cpu")
+    if args.cuda_graph:
+        if device.type != "cuda":
+            raise CrossViTError("--cuda-graph needs a GPU: add --device cuda, or leave --cuda-graph out on the CPU")
+        if "train" in args.mode or args.compile != "off":
+            raise CrossViTError("--cuda-graph replays eager inference only: use it with --mode latency infer and "
+                                "without --compile (compiled CUDA graphs: --compile on --compile-mode reduce-overhead)")
     if args.threads:
         torch.set_num_threads(args.threads)
     variant = get_variant(args.model)
@@ -95,7 +104,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         setting, timings = measure(contenders, wanted, img_size, in_chans, device, args.rounds, args.round_seconds)
         flops_per_image = 2 * macs * (3 if setting.mode == "train" else 1)  # backward costs about twice the forward
         row = {"mode": setting.mode, "precision": setting.precision, "compiled": setting.compiled,
-               "compile_mode": setting.compile_mode if setting.compiled else None,
+               "compile_mode": setting.compile_mode if setting.compiled else None, "cuda_graph": setting.cuda_graph,
                "batch_size": timings["crossvit"].batch_size}
         for name, t in timings.items():
             row[name] = {**t.summary(),
@@ -108,15 +117,15 @@ def run_bench(args: argparse.Namespace) -> dict:
     return report
 
 
-COLUMNS = ["mode", "precision", "compiled", "compile_mode", "batch_size", "crossvit_img_s", "crossvit_ms", "crossvit_peak_mb",
+COLUMNS = ["mode", "precision", "compiled", "compile_mode", "cuda_graph", "batch_size", "crossvit_img_s", "crossvit_ms", "crossvit_peak_mb",
            "crossvit_peak_fraction", "timm_img_s", "timm_ms", "timm_peak_mb", "speedup_best", "speedup_median"]
 
 
 def flat_rows(report: dict) -> list[dict]:
     rows = []
     for r in report["results"]:
-        flat = {k: r.get(k) for k in ("mode", "precision", "compiled", "compile_mode", "batch_size", "speedup_best",
-                                     "speedup_median")}
+        flat = {k: r.get(k) for k in ("mode", "precision", "compiled", "compile_mode", "cuda_graph", "batch_size",
+                                     "speedup_best", "speedup_median")}
         for name in ("crossvit", "timm"):
             t = r.get(name)
             if t:
@@ -142,6 +151,7 @@ def format_table(report: dict) -> str:
     for r in report["results"]:
         o, t = r["crossvit"], r.get("timm")
         compiled = (r["compile_mode"] if r["compile_mode"] != "default" else "yes") if r["compiled"] else "no"
+        compiled = "cuda-graph" if r.get("cuda_graph") else compiled
         body.append([r["mode"], r["precision"], compiled, str(r["batch_size"]),
                      f"{o['best_img_s']:.1f} ({o['median_img_s']:.1f})", f"{o['best_ms']:.1f}",
                      _fmt(o["peak_memory_mb"], ".0f"), f"{100 * o['peak_fraction']:.0f}%",
