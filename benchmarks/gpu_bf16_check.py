@@ -8,7 +8,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from crossvit.tools.benchmark import build_contenders
+from crossvit.tools.benchmark import build_contenders, captured
 
 
 def kernels_per_forward(forward) -> int:
@@ -28,20 +28,6 @@ def ms_per_forward(forward, steps: int = 50) -> float:
         torch.cuda.synchronize()
         best = min(best, (time.perf_counter() - start) / steps)
     return 1e3 * best
-
-
-def graphed(forward):
-    """forward captured once as a CUDA graph; calling the result replays it."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            forward()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        forward()
-    return graph.replay
 
 
 for name in sys.argv[1:] or ["crossvit_9_240", "crossvit_15_240"]:
@@ -69,7 +55,7 @@ for name in sys.argv[1:] or ["crossvit_9_240", "crossvit_15_240"]:
         except Exception as e:  # the profiler's event fields differ between versions
             kernels, _ = -1, print(f"  kernel count failed: {e}")
         try:
-            replay = ms_per_forward(graphed(forward))
+            replay = ms_per_forward(captured(forward))
         except Exception as e:  # capture can fail; say why and go on
             replay = float("nan")
             print(f"  {label}: CUDA graph capture failed: {str(e).splitlines()[0]}")
