@@ -36,7 +36,8 @@ for name in sys.argv[1:] or ["crossvit_9_240", "crossvit_15_240"]:
 
     def run(model, twin=True):
         def forward():
-            model.bf16_twin_enabled = twin if hasattr(model, "bf16_twin_enabled") else None
+            if hasattr(model, "bf16_twin_enabled"):  # ours; timm's model has no twin
+                model.bf16_twin_enabled = twin
             with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
                 return model(x)
         return forward
@@ -53,7 +54,8 @@ for name in sys.argv[1:] or ["crossvit_9_240", "crossvit_15_240"]:
         try:
             kernels = kernels_per_forward(forward)
         except Exception as e:  # the profiler's event fields differ between versions
-            kernels, _ = -1, print(f"  kernel count failed: {e}")
+            kernels = -1
+            print(f"  kernel count failed: {e}")
         try:
             replay = ms_per_forward(captured(forward))
         except Exception as e:  # capture can fail; say why and go on

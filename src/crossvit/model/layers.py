@@ -54,9 +54,28 @@ def _fused_kernel_allowed(x: Tensor, layer: nn.Module) -> bool:
             and _eager_cpu_inference(x, layer.weight))
 
 
-class _PackedWeight:
-    """A layer's weight in oneDNN's layout. A derived copy, so deep copies and pickles of the
-    layer (EMA, quantization, torch.save) start without it rather than trying to copy it."""
+class DerivedCache:
+    """Base of the caches a module keeps as a plain attribute (tensors derived from its weights):
+    deep copies and pickles of the module (EMA, quantization, torch.save) start with an empty
+    cache rather than trying to copy it."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict) -> DerivedCache:
+        return type(self)()
+
+    def __reduce__(self):
+        return (type(self), ())
+
+
+def weight_key(weight: Tensor) -> tuple[int, int]:
+    """Changes whenever `weight` does: in place (its version) or replaced (its storage).
+    Inference tensors (made under torch.inference_mode) cannot change and have no version."""
+    return weight.data_ptr(), 0 if weight.is_inference() else weight._version
+
+
+class _PackedWeight(DerivedCache):
+    """A layer's weight in oneDNN's layout."""
 
     __slots__ = ("key", "tensor")
 
@@ -64,18 +83,11 @@ class _PackedWeight:
         self.key: tuple | None = None
         self.tensor: Tensor | None = None
 
-    def __deepcopy__(self, memo: dict) -> _PackedWeight:
-        return _PackedWeight()
-
-    def __reduce__(self):
-        return (_PackedWeight, ())
-
 
 def _packed_weight(layer: nn.Linear, dtype: torch.dtype, rows: int) -> Tensor:
     """The layer's weight in `dtype`, in oneDNN's layout, cached until the weight changes."""
     weight = layer.weight
-    # Inference tensors (a model built under torch.inference_mode) cannot change: no version.
-    key = (weight.data_ptr(), 0 if weight.is_inference() else weight._version, dtype, rows > 1)
+    key = (*weight_key(weight), dtype, rows > 1)
     cache = layer.__dict__.get("_onednn_packed")
     if cache is None:
         cache = layer._onednn_packed = _PackedWeight()  # a plain attribute: not a buffer, never saved

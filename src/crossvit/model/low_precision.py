@@ -19,6 +19,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from .layers import DerivedCache, weight_key
+
 # Modules whose bf16 copy we know to compute the same function: PyTorch's own and this
 # package's. A model holding others (int8 layers, say) keeps running under autocast.
 _KNOWN_MODULES = ("torch.nn.", "crossvit.model.")
@@ -26,7 +28,7 @@ _KNOWN_MODULES = ("torch.nn.", "crossvit.model.")
 T = TypeVar("T")
 
 
-class _Twin:
+class _Twin(DerivedCache):
     """The cached bf16 copy and the weights it was made from."""
 
     __slots__ = ("key", "module", "sources")
@@ -36,16 +38,9 @@ class _Twin:
         self.module: nn.Module | None = None
         self.sources: list[Tensor] = []
 
-    def __deepcopy__(self, memo: dict) -> _Twin:
-        return _Twin()
-
-    def __reduce__(self):
-        return (_Twin, ())
-
 
 def _version_key(tensors: list[Tensor]) -> tuple:
-    # Inference tensors (made under torch.inference_mode) cannot change and have no version.
-    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in tensors)
+    return tuple(weight_key(t) for t in tensors)
 
 
 def _make_twin(model: nn.Module) -> nn.Module | None:
