@@ -1,4 +1,4 @@
-"""How the bf16 twin (model/low_precision.py) changes a GPU forward: kernels launched and
+"""How the bf16 twin (model/fastpaths/twin.py) changes a GPU forward: kernels launched and
 logits, ours with and without the twin against timm's under autocast, same weights; and the
 same forwards replayed as CUDA graphs. Usage: PYTHONPATH=src python3 benchmarks/gpu_bf16_check.py [MODEL...]"""
 

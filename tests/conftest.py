@@ -1,3 +1,4 @@
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -5,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Two cores: under pytest-xdist (make test runs two workers) each worker takes one.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 # The spec lies in shared/ beside the checkout; CROSSVIT_FACTS may point elsewhere.
 FACTS = Path(os.environ.get("CROSSVIT_FACTS",
@@ -33,6 +35,43 @@ def perturbed_micro_model(**overrides):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model
+
+
+def _onednn_op_as_on(profile: str, name: str):
+    """oneDNN's operator `name` as the CPU `profile` has it: absent ('generic'), or without bf16
+    ('avx2', whose oneDNN raises for bf16 as a Zen 3 does)."""
+    real = getattr(torch.ops.mkldnn, name)
+
+    def op(*args, **kwargs):
+        if profile == "generic" or any(isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args):
+            raise RuntimeError(f"mkldnn.{name}: not on the simulated {profile} CPU; a fast path skipped its check")
+        return real(*args, **kwargs)
+    return op
+
+
+@contextlib.contextmanager
+def simulated_cpu(monkeypatch, profile: str = "generic"):
+    """Act as on the CPU `profile` (see crossvit.model.fastpaths.support): the fast paths see its
+    capabilities, and oneDNN's operators fail as they would there, so that a fast path that runs
+    without asking fails here too, whatever this machine is."""
+    from crossvit.model.fastpaths import simulate_cpu
+
+    with simulate_cpu(profile), monkeypatch.context() as patch:
+        for name in ("_linear_pointwise", "_reorder_linear_weight"):
+            if hasattr(torch.ops.mkldnn, name):
+                patch.setattr(torch.ops.mkldnn, name, _onednn_op_as_on(profile, name))
+        yield
+
+
+@pytest.fixture(params=["native", "generic"])
+def cpu_mode(request, monkeypatch):
+    """Run a test on this CPU as it is, then as on a CPU without native bf16 and without
+    oneDNN's operators (CROSSVIT_CPU=generic)."""
+    if request.param == "native":
+        yield request.param
+    else:
+        with simulated_cpu(monkeypatch, request.param):
+            yield request.param
 
 
 @pytest.fixture

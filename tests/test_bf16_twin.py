@@ -1,7 +1,8 @@
-"""bf16-autocast inference runs a bf16 copy of the model (model/low_precision.py): it computes
+"""bf16-autocast inference runs a bf16 copy of the model (model/fastpaths/twin.py): it computes
 what a bf16-converted model computes, stays as close to fp32 as autocast does (timm's model
 under autocast is the reference), follows every change of the weights, and steps aside
-wherever it must (training, gradients, attention maps, fp16, foreign modules)."""
+wherever it must (training, gradients, attention maps, fp16, foreign modules, a CPU whose
+oneDNN has no bf16). Every test runs on this CPU and again as on a generic one."""
 
 import copy
 import pickle
@@ -10,11 +11,34 @@ import pytest
 import torch
 
 from conftest import perturbed_micro_model
-from crossvit.model.low_precision import bf16_twin
+from crossvit.model.fastpaths import bf16_twin, cpu_support
 from crossvit.tools.benchmark import build_contenders
 
+pytestmark = pytest.mark.usefixtures("cpu_mode")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.fixture
+def cpu_twin():
+    """The twin's own tests on the CPU need a CPU where it runs: one whose oneDNN computes bf16."""
+    if not cpu_support().onednn_bf16:
+        pytest.skip(f"no bf16 twin on this CPU ({cpu_support().describe()}); test_no_twin_where_onednn_has_no_bf16")
+
+
+def test_no_twin_where_onednn_has_no_bf16(monkeypatch):
+    from conftest import simulated_cpu
+
+    model = perturbed_micro_model()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        reference = model(x)
+    for profile in ("avx2", "generic"):
+        with simulated_cpu(monkeypatch, profile):
+            assert bf16_twin_of(model, x) is None  # autocast runs the model itself
+            out = _bf16_inference(model, x)
+            assert out.dtype == torch.bfloat16
+            assert (out.float() - reference).abs().max() < 0.05 * reference.abs().max()
 
 
 def _bf16_inference(model, x):
@@ -24,6 +48,8 @@ def _bf16_inference(model, x):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_twin_computes_what_a_bf16_converted_model_computes(device):
+    if device == "cpu" and not cpu_support().onednn_bf16:
+        pytest.skip("no bf16 twin on this CPU")
     model = perturbed_micro_model().to(device)
     x = torch.randn(3, 3, 32, 32, device=device)
     converted = copy.deepcopy(model).to(torch.bfloat16)
@@ -50,7 +76,7 @@ def test_twin_stays_as_close_to_fp32_as_timms_model_under_autocast(device):
     assert twin_error < 0.05 * reference.abs().max().item()
 
 
-def test_twin_follows_the_weights():
+def test_twin_follows_the_weights(cpu_twin):
     model = perturbed_micro_model()
     x = torch.randn(2, 3, 32, 32)
     before = _bf16_inference(model, x)
@@ -79,7 +105,7 @@ def bf16_twin_of(model, x):
         return bf16_twin(model, x)
 
 
-def test_twin_steps_aside_where_it_must():
+def test_twin_steps_aside_where_it_must(cpu_twin):
     model = perturbed_micro_model()
     x = torch.randn(2, 3, 32, 32)
     assert bf16_twin_of(model, x) is not None
@@ -106,7 +132,7 @@ def test_int8_model_keeps_its_own_layers():
     assert bf16_twin_of(quantized, torch.randn(1, 3, 32, 32)) is None
 
 
-def test_twin_is_never_saved_copied_or_trained():
+def test_twin_is_never_saved_copied_or_trained(cpu_twin):
     model = perturbed_micro_model()
     keys = set(model.state_dict())
     twin = bf16_twin_of(model, torch.randn(1, 3, 32, 32))

@@ -1,25 +1,29 @@
-"""The fused CPU inference path (oneDNN linear with bias and GELU inside) gives the outputs of
-the plain PyTorch path, and steps aside wherever it must: gradients, tracing, other modules."""
+"""The fast CPU inference paths (model/fastpaths: oneDNN linear with bias and GELU inside,
+attention in blocks) give the outputs of the plain PyTorch path, ask this CPU before they run,
+and step aside wherever they must: gradients, tracing, other modules. Every test runs on this
+CPU and again as on a generic one (the cpu_mode fixture)."""
+
+import contextlib
 
 import pytest
 import torch
 from torch import nn
 
 import crossvit
-from conftest import perturbed_micro_model
+from conftest import perturbed_micro_model, simulated_cpu
 from crossvit.model import layers
+from crossvit.model.fastpaths import attention, cpu_support
 from crossvit.model.fusion import CrossAttention
 from crossvit.tools.flops import count_macs
 
-pytestmark = pytest.mark.skipif(not layers._ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
+pytestmark = pytest.mark.usefixtures("cpu_mode")
 
 
 @pytest.fixture
 def plain_path(monkeypatch):
-    """Switch the fused kernel off, to get the reference outputs."""
-    def off():
-        monkeypatch.setattr(layers, "_ONEDNN_LINEAR", False)
-    return off
+    """Switch every fast path off (a generic CPU), to get the reference outputs."""
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(simulated_cpu(monkeypatch, "generic"))
 
 
 @pytest.mark.parametrize("fusion", ["cross_attention", "all_attention", "pairwise"])
@@ -53,8 +57,9 @@ def test_fused_path_under_bf16_autocast_stays_close_to_fp32(plain_path):
 
 def test_fused_kernel_is_what_runs(plain_path):
     model = perturbed_micro_model(dim=(128, 256), img_size=256)
-    x = torch.randn(2, 3, 256, 256)  # the small branch sees 2 x 4097 rows: past the fp32 limit
+    x = torch.randn(2, 3, 256, 256)  # the small branch sees 2 x 4097 rows: past the AVX-512 fp32 limit
     calls = []  # (rows, in_features) of every F.linear
+    support = cpu_support()
 
     class Spy(torch.overrides.TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -62,19 +67,27 @@ def test_fused_kernel_is_what_runs(plain_path):
                 calls.append((args[0].numel() // args[0].shape[-1], args[0].shape[-1]))
             return func(*args, **(kwargs or {}))
 
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    folded = sum(isinstance(m, CrossAttention) for m in model.modules())
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), Spy():
         model(x)
-    assert calls == []  # in bf16 every Linear goes through the fused kernel
+    if support.onednn_bf16:
+        assert calls == []  # in bf16 every Linear goes through the fused kernel
+    else:  # bf16 where oneDNN cannot: every Linear through F.linear, under autocast
+        assert len(calls) == len(linears) - 2 * folded
+    calls.clear()
     with torch.inference_mode(), Spy():
         model(x)
-    assert calls and all(rows > 4096 and features < 256 for rows, features in calls)  # in fp32 only where it pays
+    fused_fp32 = [(r, f) for r, f in calls if support.onednn_linear and support.fp32_linear_pays(f, r)]
+    assert fused_fp32 == []  # in fp32 only where it does not pay
+    if support.onednn_linear and support.isa.startswith("AVX512"):
+        assert calls and all(rows > 4096 and features < 256 for rows, features in calls)
     calls.clear()
     plain_path()
     with torch.inference_mode(), Spy():
         model(x)
     # every Linear but the keys and values of cross-attention, whose weights the folded form reads itself
-    folded = sum(isinstance(m, CrossAttention) for m in model.modules())
-    assert len(calls) == sum(isinstance(m, nn.Linear) for m in model.modules()) - 2 * folded
+    assert len(calls) == len(linears) - 2 * folded
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -189,11 +202,11 @@ def _attention_reference(q, k, v, mask_self):
 @pytest.mark.parametrize("mask_self", [False, True])
 @pytest.mark.parametrize("block_bytes", [1, 3 * 2 * 7 * 7 * 4, 1 << 30])  # 5 images as 5 x 1, 3 + 2, 5
 def test_attention_in_blocks_equals_the_formula(mask_self, block_bytes, monkeypatch):
-    monkeypatch.setattr(layers, "_LOGITS_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(attention, "_LOGITS_BLOCK_BYTES", block_bytes)
     q, k, v = torch.randn(5, 7, 3, 2, 4).permute(2, 0, 3, 1, 4)  # strided, as the qkv projection leaves them
     self_mask = torch.eye(7, dtype=torch.bool) if mask_self else None
     with torch.inference_mode():
-        out = layers._attend_in_blocks(q, k, v, 4 ** -0.5, self_mask)
+        out = attention._attend_in_blocks(q, k, v, 4 ** -0.5, self_mask)
         merged = layers.merge_heads(out)
     torch.testing.assert_close(out.double(), _attention_reference(q, k, v, mask_self), atol=1e-6, rtol=1e-6)
     assert merged.data_ptr() == out.data_ptr()  # the heads come out merged: no copy after
@@ -201,11 +214,12 @@ def test_attention_in_blocks_equals_the_formula(mask_self, block_bytes, monkeypa
 
 def test_blocks_run_for_large_bf16_inference_batches_only(monkeypatch):
     calls = []
-    blocked = layers._attend_in_blocks
-    monkeypatch.setattr(layers, "_attend_in_blocks", lambda *args: calls.append(args[0].shape[0]) or blocked(*args))
-    monkeypatch.setattr(layers, "_LOGITS_BLOCK_BYTES", 4 * 50 * 50 * 2 * 3)  # 3 images' small-branch logits
+    blocked = attention._attend_in_blocks
+    monkeypatch.setattr(attention, "_attend_in_blocks", lambda *args: calls.append(args[0].shape[0]) or blocked(*args))
+    monkeypatch.setattr(attention, "_LOGITS_BLOCK_BYTES", 4 * 50 * 50 * 2 * 3)  # 3 images' small-branch logits
     model = perturbed_micro_model()
-    for batch, precision, grad, expected in [(8, torch.bfloat16, False, True), (2, torch.bfloat16, False, False),
+    bf16 = cpu_support().onednn_bf16  # measured where oneDNN computes bf16; elsewhere never
+    for batch, precision, grad, expected in [(8, torch.bfloat16, False, bf16), (2, torch.bfloat16, False, False),
                                              (8, torch.float32, False, False), (8, torch.bfloat16, True, False)]:
         calls.clear()
         with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
@@ -218,7 +232,7 @@ def test_bf16_outputs_do_not_depend_on_the_attention_blocks(monkeypatch):
     x = torch.randn(5, 3, 32, 32)
     outputs = []
     for block_bytes in (1, 1 << 30):  # blocks of one image; a budget the batch never exceeds: no blocks
-        monkeypatch.setattr(layers, "_LOGITS_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(attention, "_LOGITS_BLOCK_BYTES", block_bytes)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             outputs.append(model(x).float())
     with torch.inference_mode():

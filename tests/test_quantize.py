@@ -45,6 +45,12 @@ def test_int8_weights_reconstruct_the_fp32_weights(model):
     rebuilt = q.weight_int8.float() * q.weight_scale[:, None]
     # Rounding to the nearest of 255 levels per row: off by at most half a step.
     assert ((rebuilt - layer.weight).abs() <= q.weight_scale[:, None] / 2 + 1e-7).all()
+    # an MLP's first layer applies the GELU itself, and so does its int8 stand-in
+    x = torch.randn(4, layer.in_features)
+    assert layer.activation == q.activation == "gelu"
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), layer(x), atol=0.05, rtol=0.05)
+        assert (q(x) > -0.2).all()  # GELU's minimum is about -0.17
 
 
 def test_save_then_load_gives_identical_outputs_without_unpickling(model, tmp_path, monkeypatch):

@@ -1,11 +1,15 @@
 """Weights of timm's CrossViT, in timm's layout and in the authors' release layout, give the
-same logits through our model (fp32, eval mode)."""
+same logits through our model (fp32, eval mode); in bf16 (autocast, and converted weights on a
+simulated generic CPU) the logits stay within bf16's tolerance of timm's fp32 ones."""
+
+import copy
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import crossvit
+from conftest import simulated_cpu
 
 timm = pytest.importorskip("timm")
 
@@ -33,7 +37,7 @@ def test_published_variant_list_matches_timm():
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
-def test_timm_and_official_weights_give_timms_logits(name, tmp_path):
+def test_timm_and_official_weights_give_timms_logits(name, tmp_path, monkeypatch):
     reference = _randomised_timm(name)
     state = {k: v.contiguous() for k, v in reference.state_dict().items()}
     size = crossvit.get_variant(name).meta.input_size[-1]
@@ -55,8 +59,21 @@ def test_timm_and_official_weights_give_timms_logits(name, tmp_path):
         assert got.shape == expected.shape
         diff = (got - expected).abs().max().item()
         assert diff < 1e-4, f"{path.name}: max |ours - timm| = {diff:.2e}"
-        del model
         path.unlink()
+    _check_bf16_inference(model, x[:1], expected[:1], monkeypatch)
+
+
+def _check_bf16_inference(model, x, expected, monkeypatch):
+    """bf16 runs on this CPU under autocast, and converted to bf16 on a CPU without bf16 or
+    oneDNN (where no fast path may run); both within a few bf16 steps of fp32."""
+    tolerance = 0.05 * expected.abs().max().item()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = model(x).float()
+    converted = copy.deepcopy(model).to(torch.bfloat16)
+    with torch.inference_mode(), simulated_cpu(monkeypatch, "generic"):
+        plain = converted(x.to(torch.bfloat16)).float()
+    for how, got in (("autocast", autocast), ("converted", plain)):
+        assert (got - expected).abs().max().item() < tolerance, how
 
 
 def test_authors_names_resolve_to_the_same_model():

@@ -22,6 +22,7 @@ import warnings
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import CheckpointError
@@ -41,8 +42,10 @@ def _reduce_range() -> bool:
 class Int8Linear(nn.Module):
     """A Linear layer with int8 weights (per-output-channel scales) and dynamically quantized inputs."""
 
-    def __init__(self, weight_int8: Tensor, weight_scale: Tensor, bias: Tensor | None) -> None:
+    def __init__(self, weight_int8: Tensor, weight_scale: Tensor, bias: Tensor | None,
+                 activation: str | None = None) -> None:
         super().__init__()
+        self.activation = activation  # the replaced layer's (an MLP's first layer applies GELU)
         self.out_features, self.in_features = weight_int8.shape
         self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("weight_scale", weight_scale)
@@ -62,13 +65,15 @@ class Int8Linear(nn.Module):
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
         weight_int8 = (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach().float().cpu().clone()
-        return cls(weight_int8, scale, bias)
+        return cls(weight_int8, scale, bias, getattr(linear, "activation", None))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range)
+        out = torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range)
+        return F.gelu(out) if self.activation == "gelu" else out
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        act = f", activation={self.activation}" if self.activation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8{act}"
 
 
 def _linears(model: CrossViT) -> Iterator[tuple[str, nn.Module, str, nn.Linear]]:
@@ -108,11 +113,11 @@ def load_quantized(path: str | os.PathLike | StoredCheckpoint) -> CrossViT:
     c, size = stored.config.in_chans, stored.config.img_size
     has_meta = bool(stored.meta.get("name"))
     model.meta = ModelMeta.from_dict(stored.meta) if has_meta else ModelMeta("crossvit_custom", (c, size, size))
-    for name, parent, attr, _ in _linears(model):
+    for name, parent, attr, linear in _linears(model):
         prefix = f"{name}."
         try:
             layer = Int8Linear(stored.state[prefix + "weight_int8"], stored.state[prefix + "weight_scale"],
-                               stored.state.get(prefix + "bias"))
+                               stored.state.get(prefix + "bias"), getattr(linear, "activation", None))
         except KeyError as e:
             raise CheckpointError(f"{stored.origin} lacks {e.args[0]}: a truncated or edited int8 model?") from None
         setattr(parent, attr, layer)

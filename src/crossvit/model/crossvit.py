@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 from ..errors import CrossViTError
 from .config import CrossViTConfig
 from .fusion import build_fusion
-from .layers import Block, Tokenizer, forget_packed_weights, init_weights, layer_norm, run_linear
-from .low_precision import bf16_twin, forget_bf16_twin, run_in_bf16
+from .fastpaths import Linear, bf16_twin, forget_bf16_twin, forget_packed_weights, run_in_bf16
+from .layers import Block, Tokenizer, init_weights, layer_norm
 
 
 class MultiScaleEncoder(nn.Module):
@@ -62,7 +62,7 @@ class CrossViT(nn.Module):
         self.num_classes = config.num_classes
         self.num_features = sum(b.dim for b in config.branches)
         self.grad_checkpointing = False
-        self.bf16_twin_enabled = True  # bf16-autocast inference runs a bf16 copy (low_precision.py)
+        self.bf16_twin_enabled = True  # bf16-autocast inference runs a bf16 copy (fastpaths/twin.py)
         self.grids = [b.grid_size() for b in config.branches]
         extra = 1 if config.cls_token else 0
 
@@ -126,7 +126,7 @@ class CrossViT(nn.Module):
     def _new_head(dim: int, num_classes: int) -> nn.Module:
         if num_classes == 0:
             return nn.Identity()
-        head = nn.Linear(dim, num_classes)
+        head = Linear(dim, num_classes)
         init_weights(head)
         return head
 
@@ -156,7 +156,7 @@ class CrossViT(nn.Module):
         return xs
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        twin = bf16_twin(self, x)  # bf16 inference: see low_precision.py
+        twin = bf16_twin(self, x)  # bf16 inference: see fastpaths/twin.py
         if twin is not None:
             return run_in_bf16(twin.forward_features, x)
         xs = self.embed(x)
@@ -173,7 +173,7 @@ class CrossViT(nn.Module):
 
     def branch_logits(self, xs: list[Tensor]) -> list[Tensor]:
         """Logits of each branch's head alone (the paper's Table 6 reports them)."""
-        return [run_linear(head, self.head_drop(p)) for head, p in zip(self.heads, self.pool(xs))]
+        return [head(self.head_drop(p)) for head, p in zip(self.heads, self.pool(xs))]
 
     def forward_head(self, xs: list[Tensor], pre_logits: bool = False) -> Tensor:
         if pre_logits or self.num_classes == 0:

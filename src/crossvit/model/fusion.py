@@ -17,20 +17,21 @@ from contextlib import contextmanager
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import CrossViTConfig
-from .layers import DropPath, Projection, SelfAttention, attend, layer_norm, merge_heads, resize_tokens, run_linear, split_heads
+from .fastpaths import Linear, can_fold, folded_cross_attention
+from .layers import (DropPath, Projection, SelfAttention, attention_of, layer_norm, merge_heads, resize_tokens,
+                     split_heads)
 
 
 class CrossAttention(nn.Module):
     """The first token asks all tokens: y = x_0 + DropPath(MCA(LN(x))), cost linear in tokens.
 
     Called as `layer(agent, others)` with the agent (B, 1, C) and the tokens it asks besides
-    itself (B, N, C), so that they are never concatenated. With one query, the key projection
-    folds into the query and the value projection moves after the weighted sum (`_folded`):
-    the same result as projecting every token (`_projected`), at a fraction of the cost.
+    itself (B, N, C), so that they are never concatenated. On the CPU the key and value
+    projections fold into the single query (`_folded`, see fastpaths/attention.py): the same
+    result as projecting every token (`_projected`), at a fraction of the cost.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float,
@@ -43,53 +44,37 @@ class CrossAttention(nn.Module):
         # False: project every token, as the paper's cost model (and its MAC counts) assume
         self.fold_query = True
         self.norm = layer_norm(dim, eps)
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k = nn.Linear(dim, dim, bias=qkv_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.k = Linear(dim, dim, bias=qkv_bias)
+        self.v = Linear(dim, dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, agent: Tensor, others: Tensor) -> Tensor:
-        # quantized or otherwise swapped-in projections only promise to be called. On a GPU the
-        # folded form loses: it launches more, smaller kernels (607 against 499 per forward of
-        # crossvit_9_240), and eager GPU inference is launch-bound (H200, bf16, batch 32:
-        # 0.86x timm's img/s folded, 1.07x not)
-        foldable = (self.fold_query and agent.device.type == "cpu"
-                    and type(self.k) is nn.Linear and type(self.v) is nn.Linear)
-        out = self._folded(agent, others) if foldable else self._projected(agent, others)
-        return agent + self.drop_path(self.proj_drop(run_linear(self.proj, out)))
+        if self.fold_query and can_fold(self.k, self.v, agent):
+            out = self._folded(agent, others)
+        else:
+            out = self._projected(agent, others)
+        return agent + self.drop_path(self.proj_drop(self.proj(out)))
 
     def _projected(self, agent: Tensor, others: Tensor) -> Tensor:
         normed = self.norm(torch.cat([agent, others], dim=1))
-        q = split_heads(run_linear(self.q, normed[:, :1]), self.num_heads)
-        k = split_heads(run_linear(self.k, normed), self.num_heads)
-        v = split_heads(run_linear(self.v, normed), self.num_heads)
-        return merge_heads(attend(self, q, k, v))
+        q = split_heads(self.q(normed[:, :1]), self.num_heads)
+        k = split_heads(self.k(normed), self.num_heads)
+        v = split_heads(self.v(normed), self.num_heads)
+        return merge_heads(attention_of(self, q, k, v))
 
     def _folded(self, agent: Tensor, others: Tensor) -> Tensor:
         b, _, c = agent.shape
         h = self.num_heads
-        d = c // h
-        agent_n, others_n = self.norm(agent), self.norm(others)  # LayerNorm is per token
-        q = run_linear(self.q, agent_n).view(b, h, d) * d ** -0.5
-        # q . (W_k x + b_k) = (q W_k) . x + q . b_k
-        q_k = torch.einsum("bhd,hdc->bhc", q, self.k.weight.view(h, d, c))
-        logits = torch.cat([(q_k * agent_n).sum(-1, keepdim=True), q_k @ others_n.transpose(1, 2)], dim=-1)
-        if self.k.bias is not None:  # the same for every key, so it cancels in the softmax; kept so
-            # that b_k takes part in the graph (DDP insists that every parameter does)
-            logits = logits + (q * self.k.bias.view(h, d)).sum(-1, keepdim=True)
-        weights = logits.softmax(-1)  # (B, heads, 1 + N)
+        agent_n = self.norm(agent)  # LayerNorm is per token: no need to concatenate
+        q = self.q(agent_n).view(b, h, c // h) * (c // h) ** -0.5
+        dropout = self.attn_drop if self.training else 0.0
+        out, weights = folded_cross_attention(q, self.k, self.v, agent_n, self.norm(others), dropout)
         if self.keep_attention:
-            self.attention = weights.unsqueeze(2).detach()
-        if self.training and self.attn_drop:
-            weights = F.dropout(weights, self.attn_drop)
-        # sum_j w_j (W_v x_j + b_v) = W_v (sum_j w_j x_j) + (sum_j w_j) b_v
-        mixed = weights[..., :1] * agent_n + weights[..., 1:] @ others_n  # (B, heads, C)
-        out = torch.einsum("bhc,hdc->bhd", mixed, self.v.weight.view(h, d, c))
-        if self.v.bias is not None:
-            out = out + weights.sum(-1, keepdim=True) * self.v.bias.view(h, d)
-        return out.reshape(b, 1, c)
+            self.attention = (weights if self.keep_attention == "graph" else weights.detach()).unsqueeze(2)
+        return out
 
 
 @contextmanager

@@ -9,6 +9,7 @@ outputs are compared on the same input.
 from __future__ import annotations
 
 import contextlib
+import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import nn
 from ..errors import CrossViTError
 from ..model.checkpoint import StoredCheckpoint, load_checkpoint
 from ..model.factory import create_model
-from ..model.layers import _ONEDNN_LINEAR
+from ..model.fastpaths import cpu_support
 from ..model.layouts import to_our_layout
 
 MODES = ("latency", "infer", "train")
@@ -179,11 +180,14 @@ def matmul_peak_gflops(device: torch.device, precision: str, size: int | None = 
     faster of PyTorch's matmul and oneDNN's linear, which our inference path runs: on AMD
     processors the former can run at half of what the cores do (Zen 5, fp32: 223 against 508)."""
     dtype = PRECISIONS[precision]
-    size = size or (8192 if device.type == "cuda" else 2048)
+    support = cpu_support()
+    emulated = device.type == "cpu" and dtype != torch.float32 and not support.native_bf16
+    size = size or (8192 if device.type == "cuda" else 512 if emulated else 2048)  # emulated: ~1 GFLOP/s
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     products = [lambda: a @ b]
-    if device.type == "cpu" and _ONEDNN_LINEAR and dtype != torch.float16:
+    onednn_dtype = dtype == torch.float32 or (dtype == torch.bfloat16 and support.onednn_bf16)
+    if device.type == "cpu" and support.onednn_linear and onednn_dtype:
         packed = torch.ops.mkldnn._reorder_linear_weight(b, size)
         products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
     best = float("inf")
@@ -197,6 +201,17 @@ def matmul_peak_gflops(device: torch.device, precision: str, size: int | None = 
             synchronize(device)
             best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what the platform module knows."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def is_out_of_memory(error: BaseException) -> bool:

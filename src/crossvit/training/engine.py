@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data import Batch, mix_seed, seed_everything
 from ..errors import CrossViTError, first_line
+from ..model.fastpaths import cpu_support
 from .distributed import World, all_sum
 
 log = logging.getLogger("crossvit")
@@ -29,7 +30,7 @@ def native_bf16(device: torch.device) -> bool:
     emulated and slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return device.type == "cpu" and cpu_support().native_bf16
 
 
 def compile_unavailable(device: torch.device) -> str | None:
