@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from ..errors import CrossViTError
+    from ..training.distributed import threads_per_process
     from ..training.trainer import config_of_run, train
     from .ablation import budget_overrides, job_config, jobs, load_study, process_place, shard, study_names
     from .ablation_report import run_finished, write_report
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     rank, world, local_world = process_place()
     if not args.report_only:
         mine = shard(all_jobs, rank, world)
-        threads = max(1, (os.cpu_count() or 1) // local_world)
+        threads = threads_per_process()
         for i, job in enumerate(mine, 1):
             if run_finished(job.output):
                 continue
