@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     report = evaluate_checkpoint(str(output / "best.pth"), output=str(output / "eval"))
     print("\n" + format_report(report))
+    if result.expectation:
+        print(result.expectation)
     files = (f"\nrun directory {output}:\n"
              f"  config.yaml    the resolved recipe\n"
              f"  metrics.jsonl  one line per epoch\n"

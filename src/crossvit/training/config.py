@@ -85,7 +85,7 @@ class TrainSection:
     ema: float | None = None  # decay of an exponential moving average of the weights
     grad_checkpointing: bool = False
     compile: bool = False
-    threads: int | None = None  # CPU threads per process (None: torch's default)
+    threads: int | None = None  # CPU threads per process (None: the usable cores shared among torchrun's local processes)
     eval_every: int = 1  # epochs
     # Minutes of training (steps and data loading; evaluation not counted). The lr schedule then
     # follows the clock or the steps, whichever is further along, and the run ends when the minutes
@@ -104,6 +104,9 @@ class RunConfig:
     aug: AugSection = field(default_factory=AugSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    # Time-limited recipes: the test top-1 that measured runs ended with, by epochs reached within
+    # train.time_limit ({epochs: top1}); a run prints what to expect on its machine (expectation.py).
+    expected_top1: dict[float, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -300,9 +303,22 @@ def _check_value(key: str, given: Any, hint: Any) -> Any:
     if key == "aug.scale" and not 0 < value[0] <= value[1] <= 1:
         raise CrossViTError(f"{key}={given!r}: the smallest and largest share of the image a crop keeps, "
                             "0 < min <= max <= 1, e.g. [0.08, 1.0]")
+    if key == "expected_top1":
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and e > 0 and 0 <= v <= 100
+                   for e, v in ((_positive(e), v) for e, v in value.items())):
+            raise CrossViTError(f"{key}={given!r} maps epochs reached to a top-1 in percent, e.g. {{3.5: 88.9, 10: 90.8}}")
+        value = {float(e): float(v) for e, v in value.items()}
     if key == "aug.randaugment" and value is not None:
         _check_randaugment(key, value)
     return value
+
+
+def _positive(value: Any) -> float:
+    """A mapping key read as a number (YAML keeps 3.5 a float, but "3.5" a string); -1 if none."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return -1.0
 
 
 def _check_randaugment(key: str, spec: str) -> None:

@@ -20,8 +20,10 @@ from ..files import atomic_write, is_disk_full
 from ..model import CrossViT, CrossViTConfig, ModelMeta
 from ..model.checkpoint import FORMAT_TAG
 from ..model.factory import create_model
+from ..model.fastpaths import cpu_support
 from . import distributed
 from .config import RunConfig, load_config, save_config
+from .expectation import Expectation
 from .engine import EvalResult, LossDiverged, StepContext, compile_unavailable, evaluate, native_bf16, train_one_epoch
 from .plots import plot_curves
 from .state import load_state, save_state
@@ -40,6 +42,7 @@ class RunResult:
     interrupted: bool
     bad_files: int
     main_process: bool = True  # under torchrun, only one process reports
+    expectation: str | None = None  # how the run compares with the recipe's measured curve (time-limited recipes)
 
 
 class StopSignals:
@@ -173,8 +176,7 @@ def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: d
     if world.is_main and output.is_dir():
         for leftover in output.glob(".*.tmp"):  # a write that a kill interrupted; its target is intact
             leftover.unlink()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    torch.set_num_threads(config.train.threads or distributed.threads_per_process())
     datasets.seed_everything(config.seed)
 
     d, t, o = config.data, config.train, config.optim
@@ -299,6 +301,11 @@ def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: d
         due = time.monotonic() - last_save > t.checkpoint_minutes * 60
         return due, signals.requested
 
+    expectation = None
+    if t.time_limit and config.expected_top1 and world.is_main:
+        expectation = Expectation(config.expected_top1, t.time_limit * 60, steps_per_epoch * d.batch_size, config.epochs)
+    machine = _machine_class(world.device, t.precision)
+    epochs_done = float(epoch)
     interrupted = False
     final: EvalResult | None = None
     try:
@@ -316,6 +323,8 @@ def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: d
                 if step % t.log_every == 0 or step == steps_per_epoch:
                     bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                                     img_s=f"{stats.samples * world.size / max(stats.seconds, 1e-9):.0f}")
+                if expectation and (forecast := expectation.forecast(stats.samples * world.size, stats.seconds, machine)):
+                    tqdm.write(forecast)
                 if save_now and step < steps_per_epoch:
                     save(last_path, epoch, step, eval_weights())
                     last_save = time.monotonic()
@@ -334,6 +343,8 @@ def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: d
                       "train_seconds": ctx.train_seconds}
             if stopped_by == "budget":  # the last, partial epoch
                 record["time_limit_reached"] = True
+            epochs_done = epoch + (stats.samples * world.size / (steps_per_epoch * d.batch_size)
+                                   if stopped_by == "budget" else 1)
             epoch += 1
             first_step = 0
             evaluated = epoch % t.eval_every == 0 or epoch == config.epochs or ctx.budget_spent()
@@ -366,8 +377,18 @@ def _train(config: RunConfig, output: Path, resume: bool | dict | None, world: d
                             "set optim.clip_grad, or use train.precision=fp32") from None
     if interrupted and world.is_main:
         log.info("stopped by a signal: state saved in %s; continue with --resume --output %s", last_path, output)
+    verdict = None
+    if expectation and final is not None and not interrupted:
+        verdict = expectation.verdict(epochs_done, final.top1)
+        tqdm.write(verdict)
     return RunResult(output, epoch, best_top1, best_epoch, final, time.perf_counter() - started, interrupted,
-                     len(bad_files), world.is_main)
+                     len(bad_files), world.is_main, verdict)
+
+
+def _machine_class(device: torch.device, precision: str) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {precision}"
+    return f"{cpu_support().describe()}, {precision}, {torch.get_num_threads()} threads"
 
 
 def _epoch_line(record: dict, epochs: int) -> str:
