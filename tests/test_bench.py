@@ -18,7 +18,8 @@ def _run(capsys, *argv):
     return json.loads(capsys.readouterr().out)
 
 
-def test_report_is_consistent(capsys, tmp_path):
+@pytest.mark.usefixtures("cpu_mode")  # on this CPU, then as a generic one
+def test_report_is_consistent(capsys, tmp_path, request):
     report = _run(capsys, "crossvit_micro_32", "--mode", "latency", "infer", "train", "--batch-size", "4",
                   "--precision", "fp32", "bf16", "--csv", str(tmp_path / "b.csv"))
     rows = report["results"]
@@ -32,6 +33,9 @@ def test_report_is_consistent(capsys, tmp_path):
         assert ours["best_img_s"] == pytest.approx(1000 * r["batch_size"] / ours["best_ms"])
         assert ours["median_img_s"] <= ours["best_img_s"]
         assert 0 < ours["peak_fraction"]
+    cpu = report["cpu_support"]  # the machine's capabilities, printed with every table
+    assert cpu["isa"] and cpu["text"] and isinstance(cpu["native_bf16"], bool)
+    assert (cpu["simulated"] == "generic") == (request.getfixturevalue("cpu_mode") == "generic")
     # counted on real weights (fused kernels) as on the meta device (`crossvit models`: plain kernels)
     assert report["gmacs"] == pytest.approx(describe("crossvit_micro_32")["gmacs"], abs=1e-3)
     with open(tmp_path / "b.csv") as f:
@@ -70,6 +74,16 @@ def test_out_of_memory_halves_the_batch(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "out of memory at batch 8" in out and "trying batch 4" in out and "trying batch 2" in out
     assert json.loads(out[out.index("{"):])["results"][0]["batch_size"] == 2
+
+
+def test_table_names_the_cpu_and_says_when_bf16_is_emulated(capsys, monkeypatch):
+    from conftest import simulated_cpu
+
+    with simulated_cpu(monkeypatch, "avx2"):
+        assert main(["bench", "crossvit_micro_32", "--mode", "latency", "--precision", "fp32", "bf16", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "CPU: AVX2, bf16 emulated (slow), oneDNN linear" in out and "matmul peak: fp32" in out
+    assert "bf16 is emulated on this CPU" in out
 
 
 @pytest.mark.parametrize("argv, message", [

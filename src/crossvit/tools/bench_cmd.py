@@ -7,11 +7,11 @@ import csv
 import dataclasses
 import io
 import json
-import platform
 
 import torch
 
 from ..errors import CrossViTError
+from ..model.fastpaths import cpu_support
 from ..model.registry import get_variant
 from . import benchmark as bm
 from .flops import model_macs
@@ -93,7 +93,9 @@ def run_bench(args: argparse.Namespace) -> dict:
     macs = model_macs(contenders[0].model)
     report = {
         "model": args.model, "img_size": img_size, "gmacs": macs / 1e9, "device": str(device),
-        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else bm.cpu_name(),
+        "cpu_support": ({**dataclasses.asdict(cpu_support()), "text": cpu_support().describe()}
+                        if device.type == "cpu" else None),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "max_abs_diff_vs_timm_fp32": bm.max_output_difference(contenders, img_size, in_chans, device)
         if args.compare else None,
@@ -144,6 +146,8 @@ def format_table(report: dict) -> str:
              f"({report['machine']}, {report['threads']} threads), torch {report['torch']}"]
     if report["max_abs_diff_vs_timm_fp32"] is not None:
         lines.append(f"same weights as timm's: max |logit difference| {report['max_abs_diff_vs_timm_fp32']:.1e} (fp32)")
+    if report.get("cpu_support"):
+        lines.append(f"CPU: {report['cpu_support']['text']}")
     lines.append("matmul peak: " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in report["matmul_peak_gflops"].items()))
     header = ["mode", "prec", "compiled", "batch", "ours img/s (med)", "ours ms", "ours MiB", "% peak",
               "timm img/s (med)", "timm ms", "speed-up best (med)"]
@@ -161,6 +165,10 @@ def format_table(report: dict) -> str:
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, *body]]
     lines.insert(len(lines) - len(body), "  ".join("-" * w for w in widths))
     lines.append("img/s from the best round (median in brackets); speed-up = our img/s / timm's (latency: timm's ms / ours)")
+    cpu = report.get("cpu_support")
+    if cpu and "bf16" in report["matmul_peak_gflops"] and not cpu["native_bf16"]:
+        lines.append("bf16 is emulated on this CPU (no AVX512-BF16 or AMX): it runs, far slower than fp32, and our bf16 "
+                     "fast paths stay off where oneDNN cannot compute bf16; prefer fp32 here")
     return "\n".join(lines)
 
 
