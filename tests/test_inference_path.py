@@ -250,3 +250,21 @@ def test_a_model_built_under_inference_mode_runs():
         for precision in (torch.float32, torch.bfloat16):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
                 assert torch.isfinite(model(x)).all()
+
+
+def test_bf16_attention_takes_the_flash_kernel_where_bf16_is_emulated(monkeypatch):
+    """The explicit bf16 matmuls were measured to pay only where oneDNN computes bf16; with bf16
+    emulated (AVX2) they cost 4-5x the flash kernel."""
+    q, k, v = (torch.randn(2, 4, 50, 16, dtype=torch.bfloat16) for _ in range(3))
+    kernels = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: kernels.append("flash") or real_sdpa(*a, **kw))
+    with torch.no_grad():
+        attention.attend(q, k, v)
+    assert kernels == ([] if cpu_support().onednn_bf16 else ["flash"])
+    with simulated_cpu(monkeypatch, "avx2"), torch.no_grad():
+        out, _ = attention.attend(q, k, v)
+    assert kernels[-1:] == ["flash"]
+    reference = (q.float() @ k.float().transpose(-2, -1) / 4).softmax(-1) @ v.float()
+    torch.testing.assert_close(out.float(), reference, atol=0.03, rtol=0.03)

@@ -3,7 +3,8 @@
 - Short sequences on the CPU take two plain matmuls and a softmax instead of the flash kernel:
   in fp32 up to 64 keys (1.6-4x faster at the 5-50 tokens of the 28 px models), in bf16 up to
   256 keys (1.5x forward at 197 tokens without AMX), and in bf16 training at any length (2x
-  forward+backward at 197). Measured on 2 AVX-512 cores.
+  forward+backward at 197). Measured on 2 AVX-512 cores; the bf16 rules apply only where oneDNN
+  computes bf16 (elsewhere emulated bf16 matmuls lose to the flash kernel).
 - bf16 inference on the CPU, when a batch's logits outgrow ~4 MiB, attends a few images at a
   time so that each block's logits stay in cache (`_attend_in_blocks`): 1.7x / 1.45x faster
   than the whole batch at once / the flash kernel at 197 tokens, 2.2x / 1.4x at 401; the whole
@@ -59,8 +60,10 @@ def _explicit_pays(q: Tensor, k: Tensor, dropout: float) -> bool:
         return q.dtype == torch.float32 and q.shape[-2] == 1
     if q.device.type != "cpu":
         return False
-    bf16 = q.dtype == torch.bfloat16
-    return k.shape[-2] <= (256 if bf16 else 64) or (bf16 and q.requires_grad)
+    if q.dtype == torch.bfloat16:  # measured where oneDNN computes bf16; emulated bf16 matmuls lose to the
+        # flash kernel (AVX2 Zen 3, crossvit_9_240 batch 1: bmm 850 against 180 ms per forward)
+        return cpu_support().onednn_bf16 and (k.shape[-2] <= 256 or q.requires_grad)
+    return k.shape[-2] <= 64
 
 
 def _blocks_pay(q: Tensor, k: Tensor, v: Tensor, dropout: float) -> bool:
