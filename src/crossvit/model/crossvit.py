@@ -4,6 +4,7 @@ logits are averaged."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -80,6 +81,7 @@ class CrossViT(nn.Module):
         self.norms = nn.ModuleList(layer_norm(b.dim, config.layer_norm_eps) for b in config.branches)
         self.head_drop = nn.Dropout(config.drop_rate)
         self.heads = nn.ModuleList(self._new_head(b.dim, config.num_classes) for b in config.branches)
+        self.feature_info = self.features_of()  # timm's attribute: one entry per encoder and branch
 
         for p in [*self.cls_tokens, *self.pos_embeds]:
             nn.init.trunc_normal_(p, std=0.02)
@@ -115,7 +117,7 @@ class CrossViT(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """New heads for `num_classes` classes (0: no heads, forward returns features)."""
-        ref = self.norms[0].weight
+        ref = self.pos_embeds[0]  # the device and dtype the new heads take
         forget_bf16_twin(self)
         self.num_classes = num_classes
         self.heads = nn.ModuleList(
@@ -166,6 +168,81 @@ class CrossViT(nn.Module):
             else:
                 xs = encoder(xs)
         return [norm(x) for norm, x in zip(self.norms, xs)]
+
+    # -- intermediate features (timm's convention, per branch) ---------------------------
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              return_prefix_tokens: bool = False):
+        """The outputs of chosen multi-scale encoders, each a list with one entry per branch: its
+        patch tokens as (B, C, H, W) on the branch's grid (output_fmt="NCHW") or (B, H*W, C)
+        ("NLC"); with `return_prefix_tokens`, a (patches, cls) pair, cls (B, C) (the mean patch
+        token for models without CLS). `indices`: encoder indices (negative from the end), or n for
+        the last n (default: all). `norm`: apply the final norms, so that the last encoder's
+        entries equal what forward_features computes. Returns the intermediates alone
+        (`intermediates_only`), else (forward_features' output, intermediates)."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise CrossViTError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        chosen = self._encoder_indices(indices)
+        xs = self.embed(x)
+        intermediates = []
+        for i, encoder in enumerate(self.encoders[:max(chosen) + 1] if intermediates_only else self.encoders):
+            xs = encoder(xs)
+            if i in chosen:
+                intermediates.append([self._branch_output(b, t, norm, output_fmt, return_prefix_tokens)
+                                      for b, t in enumerate(xs)])
+        if intermediates_only:
+            return intermediates
+        return [norm_(t) for norm_, t in zip(self.norms, xs)], intermediates
+
+    def _encoder_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        count = len(self.encoders)
+        if indices is None:
+            return list(range(count))
+        if isinstance(indices, int):
+            if not 1 <= indices <= count:
+                raise CrossViTError(f"indices={indices}: this model has {count} encoders; ask for 1 to {count}")
+            return list(range(count - indices, count))
+        chosen = []
+        for i in indices:
+            if not -count <= i < count:
+                raise CrossViTError(f"encoder index {i} is out of range: this model has {count} encoders "
+                                    f"(0 to {count - 1}, or -{count} to -1)")
+            chosen.append(i % count)
+        return sorted(set(chosen))
+
+    def _branch_output(self, branch: int, tokens: Tensor, norm: bool, output_fmt: str, prefix: bool):
+        if norm:
+            tokens = self.norms[branch](tokens)
+        cls, patches = (tokens[:, 0], tokens[:, 1:]) if self.config.cls_token else (tokens.mean(1), tokens)
+        if output_fmt == "NCHW":
+            grid = self.grids[branch]
+            patches = patches.transpose(1, 2).reshape(patches.shape[0], -1, grid, grid)
+        return (patches, cls) if prefix else patches
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the encoders after the last one `indices` chooses (and the heads, and the final
+        norms if asked), for a backbone that only serves forward_intermediates. Returns the kept
+        indices."""
+        chosen = self._encoder_indices(indices)
+        self.encoders = self.encoders[:max(chosen) + 1]
+        self.feature_info = self.features_of()
+        forget_bf16_twin(self)
+        if prune_norm:
+            self.norms = nn.ModuleList(nn.Identity() for _ in self.norms)
+        if prune_head:
+            self.reset_classifier(0)
+        return chosen
+
+    def features_of(self, indices: int | Sequence[int] | None = None) -> list[dict]:
+        """Channels and reduction (input pixels per patch-grid step) of each output of
+        forward_intermediates, encoder by encoder, branch by branch (`feature_info` holds them
+        for every encoder)."""
+        return [{"encoder": i, "branch": b, "num_chs": branch.dim, "reduction": self.config.img_size / grid,
+                 "module": f"encoders.{i}"}
+                for i in self._encoder_indices(indices)
+                for b, (branch, grid) in enumerate(zip(self.config.branches, self.grids))]
 
     def pool(self, xs: list[Tensor]) -> list[Tensor]:
         """Each branch's summary vector: its CLS token, or its mean patch token without CLS."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CrossViTError
 from .checkpoint import StoredCheckpoint, load_checkpoint, read_checkpoint
 from .config import apply_overrides
 from .crossvit import CrossViT
+from .features import CrossViTFeatures
 from .pretrained import download_weights
 from .registry import ModelMeta, get_variant
 
@@ -24,8 +26,10 @@ def create_model(
     img_size: int | None = None,
     in_chans: int | None = None,
     fusion: str | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     **overrides: Any,
-) -> CrossViT:
+) -> CrossViT | CrossViTFeatures:
     """Build a CrossViT.
 
     name: a registered name (`crossvit.list_models()`), or the authors' `*_224` / `*_384`
@@ -36,6 +40,8 @@ def create_model(
     num_classes, img_size, in_chans, fusion, **overrides: change the architecture; any field
         of CrossViTConfig or BranchConfig (`depth=(1, 4)`, `drop_path_rate=0.1`, ...).
         Weights still load: position embeddings are resampled and heads replaced.
+    features_only: return a CrossViTFeatures backbone (features.py) giving one (B, C, H, W) map
+        per branch after each encoder in `out_indices` (default: all), with `feature_info`.
     """
     stored: StoredCheckpoint | None = None
     if checkpoint is not None:
@@ -68,6 +74,10 @@ def create_model(
         load_checkpoint(model, download_weights(meta, pretrained_url))
     if stored is not None:
         load_checkpoint(model, stored)
+    if features_only:
+        return CrossViTFeatures(model, out_indices)
+    if out_indices is not None:
+        raise CrossViTError("out_indices applies with features_only=True; for a classifier leave it out")
     return model
 
 
