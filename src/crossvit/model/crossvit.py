@@ -4,6 +4,8 @@ logits are averaged."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from .registry import ModelMeta
 
 from ..errors import CrossViTError
+from .checkpoint import resample_pos_embed
 from .config import CrossViTConfig
 from .fusion import build_fusion
 from .fastpaths import Linear, bf16_twin, forget_bf16_twin, forget_packed_weights, run_in_bf16
@@ -63,6 +66,8 @@ class CrossViT(nn.Module):
         self.num_classes = config.num_classes
         self.num_features = sum(b.dim for b in config.branches)
         self.grad_checkpointing = False
+        # any square input size the patches divide, position embeddings resampled per forward
+        self.dynamic_img_size = False
         self.bf16_twin_enabled = True  # bf16-autocast inference runs a bf16 copy (fastpaths/twin.py)
         self.grids = [b.grid_size() for b in config.branches]
         extra = 1 if config.cls_token else 0
@@ -134,27 +139,64 @@ class CrossViT(nn.Module):
 
     # -- forward ------------------------------------------------------------------------
 
-    def check_input(self, x: Tensor) -> None:
+    def check_input(self, x: Tensor) -> CrossViTConfig:
+        """The config that `x` runs under: the model's own, or with dynamic_img_size the same
+        network at x's (square) size, whose branch sizes each patch must divide."""
         c, size = self.config.in_chans, self.config.img_size
-        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != size or x.shape[3] != size:
-            raise CrossViTError(
-                f"this model takes images of shape (batch, {c}, {size}, {size}), got {tuple(x.shape)}; "
-                f"resize the input, or create the model with img_size={x.shape[-1] if x.ndim == 4 else '...'}"
-                + ("" if x.ndim != 4 or x.shape[1] == c else f" and in_chans={x.shape[1]}")
-            )
+        square = x.ndim == 4 and x.shape[2] == x.shape[3]
+        if x.ndim == 4 and x.shape[1] == c and square and (x.shape[2] == size or self.dynamic_img_size):
+            return self.config if x.shape[2] == size else self._config_at(x.shape[2])
+        raise CrossViTError(
+            f"this model takes images of shape (batch, {c}, {size}, {size}), got {tuple(x.shape)}; "
+            f"resize the input, or create the model with img_size={x.shape[-1] if x.ndim == 4 else '...'}"
+            + ("" if x.ndim != 4 or x.shape[1] == c else f" and in_chans={x.shape[1]}")
+            + ("" if not square or x.shape[1] != c else " (or dynamic_img_size=True)")
+        )
+
+    def _config_at(self, size: int) -> CrossViTConfig:
+        config = self.config.with_img_size(size)
+        for i, b in enumerate(config.branches):
+            if b.img_size % b.patch_size or b.grid_size() < 1:
+                raise CrossViTError(f"{size} px images do not fit branch {i}: its {b.img_size} px view is not a multiple "
+                                    f"of its {b.patch_size} px patches; use a size that is, e.g. "
+                                    f"{self.config.img_size}")
+        return config
+
+    def set_input_size(self, img_size: int) -> None:
+        """Take `img_size` inputs from now on: every branch's position embeddings are resampled
+        in place (bicubic, each branch keeping its size ratio, as create_model(img_size=...)
+        does when it loads weights), so the model equals one created at that size from the
+        same weights."""
+        config = self._config_at(img_size)
+        prefix = 1 if config.cls_token else 0
+        with torch.no_grad():
+            for i, branch in enumerate(config.branches):
+                old = self.pos_embeds[i]
+                resampled = resample_pos_embed(old.detach(), prefix, branch.grid_size())
+                self.pos_embeds[i] = nn.Parameter(resampled, requires_grad=old.requires_grad)
+        self.config = config
+        self.grids = [b.grid_size() for b in config.branches]
+        self.feature_info = self.features_of()
+        if self.meta is not None:
+            self.meta = dataclasses.replace(self.meta, input_size=(config.in_chans, img_size, img_size))
+        forget_bf16_twin(self)
 
     def embed(self, x: Tensor) -> list[Tensor]:
         """Images -> per-branch token tensors with CLS and position embeddings."""
-        self.check_input(x)
+        config = self.check_input(x)
+        prefix = 1 if config.cls_token else 0
         xs = []
-        for i, (branch, tokenizer) in enumerate(zip(self.config.branches, self.tokenizers)):
+        for i, (branch, tokenizer) in enumerate(zip(config.branches, self.tokenizers)):
             image = x
-            if branch.img_size != self.config.img_size:
+            if branch.img_size != config.img_size:
                 image = F.interpolate(x, size=(branch.img_size, branch.img_size), mode="bicubic", align_corners=False)
             tokens = tokenizer(image)
-            if self.config.cls_token:
+            if config.cls_token:
                 tokens = torch.cat([self.cls_tokens[i].expand(x.shape[0], -1, -1), tokens], dim=1)
-            xs.append(self.pos_drop(tokens + self.pos_embeds[i]))
+            pos = self.pos_embeds[i]
+            if config is not self.config:  # dynamic_img_size: the embeddings resampled for this size
+                pos = resample_pos_embed(pos, prefix, branch.grid_size())
+            xs.append(self.pos_drop(tokens + pos))
         return xs
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
@@ -216,7 +258,7 @@ class CrossViT(nn.Module):
             tokens = self.norms[branch](tokens)
         cls, patches = (tokens[:, 0], tokens[:, 1:]) if self.config.cls_token else (tokens.mean(1), tokens)
         if output_fmt == "NCHW":
-            grid = self.grids[branch]
+            grid = math.isqrt(patches.shape[1])  # the input's, under dynamic_img_size
             patches = patches.transpose(1, 2).reshape(patches.shape[0], -1, grid, grid)
         return (patches, cls) if prefix else patches
 

@@ -26,6 +26,7 @@ def create_model(
     img_size: int | None = None,
     in_chans: int | None = None,
     fusion: str | None = None,
+    dynamic_img_size: bool = False,
     features_only: bool = False,
     out_indices: int | Sequence[int] | None = None,
     **overrides: Any,
@@ -40,6 +41,8 @@ def create_model(
     num_classes, img_size, in_chans, fusion, **overrides: change the architecture; any field
         of CrossViTConfig or BranchConfig (`depth=(1, 4)`, `drop_path_rate=0.1`, ...).
         Weights still load: position embeddings are resampled and heads replaced.
+    dynamic_img_size: take any square input size the patches divide, resampling the position
+        embeddings per forward (`model.set_input_size(size)` changes the size once, in place).
     features_only: return a CrossViTFeatures backbone (features.py) giving one (B, C, H, W) map
         per branch after each encoder in `out_indices` (default: all), with `feature_info`.
     """
@@ -70,6 +73,7 @@ def create_model(
 
     model = CrossViT(config)
     model.meta = meta
+    model.dynamic_img_size = dynamic_img_size
     if pretrained:
         load_checkpoint(model, download_weights(meta, pretrained_url))
     if stored is not None:

@@ -13,6 +13,7 @@ CrossViT-S ordering of cost holds: all-attention > cross-attention > pairwise > 
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable
 
@@ -172,19 +173,17 @@ class PairwiseFusion(_CommonWidth):
     position by position after resampling every grid to the primary branch's grid, then
     resampled back to each branch's grid."""
 
-    def __init__(self, config: CrossViTConfig, drop_path: float) -> None:
-        super().__init__(config, drop_path)
-        self.grids = [b.grid_size() for b in config.branches]
-
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
-        common = self.grids[self.primary]
+        # the grids are read off the tokens, so that any input size (dynamic_img_size) fuses
+        grids = [math.isqrt(x.shape[1] - 1) for x in xs]
+        common = grids[self.primary]
         shared_cls = torch.stack([align(x[:, :1]) for align, x in zip(self.align, xs)]).sum(0)
         shared_patches = torch.stack(
-            [resize_tokens(align(x[:, 1:]), grid, common) for align, x, grid in zip(self.align, xs, self.grids)]
+            [resize_tokens(align(x[:, 1:]), grid, common) for align, x, grid in zip(self.align, xs, grids)]
         ).sum(0)
         return [
             torch.cat([revert(shared_cls), revert(resize_tokens(shared_patches, common, grid))], dim=1)
-            for revert, grid in zip(self.revert, self.grids)
+            for revert, grid in zip(self.revert, grids)
         ]
 
 
