@@ -107,10 +107,14 @@ class CrossViT(nn.Module):
         """Recompute each encoder in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
-    def keep_attention(self, enable: bool = True) -> None:
+    def keep_attention(self, enable: bool | str = True) -> None:
         """Make every attention layer compute its weights explicitly and keep the last ones in
         its `.attention` (B, heads, queries, keys): the self-attention of each block
-        (`encoders[k].branches[b][j].attn`) and the fusion's (`encoders[k].fusion`)."""
+        (`encoders[k].branches[b][j].attn`) and the fusion's (`encoders[k].fusion`). True keeps
+        them detached (for maps); "graph" keeps them in the autograd graph, so that a loss on them
+        (attention supervision) trains the model."""
+        if enable not in (True, False, "graph"):
+            raise CrossViTError(f"keep_attention takes True, False or 'graph', got {enable!r}")
         self.__dict__["_keeps_attention"] = enable  # the bf16 twin would keep them, not us
         for module in self.modules():
             if hasattr(module, "keep_attention") and not callable(module.keep_attention):

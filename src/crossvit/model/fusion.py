@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from .config import CrossViTConfig
+from ..errors import CrossViTError
+from .config import BranchConfig, CrossViTConfig
 from .fastpaths import Linear, can_fold, folded_cross_attention
 from .layers import (DropPath, Projection, SelfAttention, attention_of, layer_norm, merge_heads, resize_tokens,
                      split_heads)
@@ -208,3 +210,22 @@ FUSION_SCHEMES: dict[str, Callable[[CrossViTConfig, float], nn.Module]] = {
 
 def build_fusion(config: CrossViTConfig, drop_path: float) -> nn.Module:
     return FUSION_SCHEMES[config.fusion](config, drop_path)
+
+
+def fusion_module(scheme: str, dims: Sequence[int], num_heads: Sequence[int], layers: int = 1, qkv_bias: bool = True,
+                  drop_path: float = 0.0, eps: float = 1e-6) -> nn.Module:
+    """A fusion scheme on its own, to mix token sets of any widths outside a CrossViT (text and
+    image tokens, say): forward(xs) takes a list of (B, 1 + N_i, dims[i]) tensors, each with a
+    summary token first, and returns them fused, same shapes. Pairwise fusion needs square grids
+    of patch tokens; the others take any N_i. `num_heads[i]`: heads of attention in branch i's
+    width (cross-attention attends in the width of the next branch)."""
+    if scheme not in FUSION_SCHEMES:
+        raise CrossViTError(f"unknown fusion {scheme!r}; choose one of {', '.join(FUSION_SCHEMES)}")
+    if len(dims) != len(num_heads) or len(dims) < 2:
+        raise CrossViTError(f"give a width and a head count for each of two or more token sets; got dims={list(dims)}, "
+                            f"num_heads={list(num_heads)}")
+    # the schemes read only widths, heads, layers and the norms' epsilon of a config
+    branches = tuple(BranchConfig(patch_size=1, img_size=1, dim=d, depth=1, num_heads=h) for d, h in zip(dims, num_heads))
+    config = CrossViTConfig(branches=branches, img_size=1, fusion=scheme, fusion_layers=layers, qkv_bias=qkv_bias,
+                            layer_norm_eps=eps)
+    return FUSION_SCHEMES[scheme](config, drop_path)
