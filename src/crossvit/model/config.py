@@ -27,6 +27,7 @@ class BranchConfig:
     num_heads: int
     mlp_ratio: float = 4.0
     tokenizer: str = "linear"
+    in_chans: int | None = None  # channels of this branch's own input (None: the model's in_chans)
 
     def grid_size(self) -> int:
         """Side of the patch grid this branch produces (the tokenizers keep images square)."""
@@ -158,6 +159,7 @@ class CrossViTConfig:
                 need(b.dim % (1 << (halvings - 1)) == 0,
                      f"branch {i}: the convstem tokenizer needs dim divisible by {1 << (halvings - 1)}, got {b.dim}")
             need(b.grid_size() >= 1, f"branch {i}: image size {b.img_size} is smaller than its patch {b.patch_size}")
+            need(b.in_chans is None or b.in_chans >= 1, f"branch {i}: in_chans must be >= 1, got {b.in_chans}")
 
     # -- derived quantities -------------------------------------------------------------
 
@@ -191,6 +193,10 @@ class CrossViTConfig:
             branches.append(dataclasses.replace(b, img_size=size))
         return dataclasses.replace(self, img_size=img_size, branches=tuple(branches))
 
+    def branch_chans(self) -> list[int]:
+        """Input channels of each branch: its own in_chans, else the model's."""
+        return [b.in_chans or self.in_chans for b in self.branches]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -211,7 +217,8 @@ class CrossViTConfig:
         return cls(branches=tuple(branches), **data)
 
 
-BRANCH_FIELDS = tuple(f.name for f in dataclasses.fields(BranchConfig))
+# in_chans is a model option that may be given per branch: handled on its own in apply_overrides
+BRANCH_FIELDS = tuple(f.name for f in dataclasses.fields(BranchConfig) if f.name != "in_chans")
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(CrossViTConfig) if f.name != "branches")
 
 
@@ -230,6 +237,7 @@ def apply_overrides(config: CrossViTConfig, overrides: dict[str, Any]) -> CrossV
             f"unknown model option(s) {unknown}; valid options: {sorted(set(MODEL_FIELDS) | set(BRANCH_FIELDS))}"
         )
     img_size = overrides.pop("img_size", None)
+    chans = overrides.pop("in_chans", None)
     if "branches" in overrides:
         config = dataclasses.replace(config, branches=tuple(overrides.pop("branches")))
     branch_overrides = {k: overrides.pop(k) for k in list(overrides) if k in BRANCH_FIELDS}
@@ -245,6 +253,12 @@ def apply_overrides(config: CrossViTConfig, overrides: dict[str, Any]) -> CrossV
             for branch, v in zip(branches, values):
                 branch[key] = v
         config = dataclasses.replace(config, branches=tuple(BranchConfig(**b) for b in branches))
+    if chans is not None:  # one count for every branch, or one per branch (different inputs)
+        per_branch = list(chans) if isinstance(chans, (list, tuple)) else [None] * config.num_branches
+        if len(per_branch) != config.num_branches:
+            raise CrossViTError(f"in_chans={list(chans)} gives {len(per_branch)} counts for {config.num_branches} branches")
+        config = dataclasses.replace(config, in_chans=per_branch[0] or chans, branches=tuple(
+            dataclasses.replace(b, in_chans=c) for b, c in zip(config.branches, per_branch)))
     config = dataclasses.replace(config, **overrides)
     if img_size is not None and img_size != config.img_size:
         config = config.with_img_size(int(img_size))

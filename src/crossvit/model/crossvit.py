@@ -73,7 +73,7 @@ class CrossViT(nn.Module):
         extra = 1 if config.cls_token else 0
 
         self.tokenizers = nn.ModuleList(
-            Tokenizer(b.tokenizer, b.patch_size, config.in_chans, b.dim) for b in config.branches
+            Tokenizer(b.tokenizer, b.patch_size, chans, b.dim) for b, chans in zip(config.branches, config.branch_chans())
         )
         self.cls_tokens = nn.ParameterList(
             nn.Parameter(torch.zeros(1, 1, b.dim)) for b in config.branches if config.cls_token
@@ -147,6 +147,9 @@ class CrossViT(nn.Module):
         """The config that `x` runs under: the model's own, or with dynamic_img_size the same
         network at x's (square) size, whose branch sizes each patch must divide."""
         c, size = self.config.in_chans, self.config.img_size
+        if len(set(self.config.branch_chans())) > 1:
+            raise CrossViTError(f"this model's branches take {self.config.branch_chans()} channels: give a list with "
+                                "one batch per branch")
         square = x.ndim == 4 and x.shape[2] == x.shape[3]
         if x.ndim == 4 and x.shape[1] == c and square and (x.shape[2] == size or self.dynamic_img_size):
             return self.config if x.shape[2] == size else self._config_at(x.shape[2])
@@ -185,25 +188,44 @@ class CrossViT(nn.Module):
             self.meta = dataclasses.replace(self.meta, input_size=(config.in_chans, img_size, img_size))
         forget_bf16_twin(self)
 
-    def embed(self, x: Tensor) -> list[Tensor]:
-        """Images -> per-branch token tensors with CLS and position embeddings."""
-        config = self.check_input(x)
+    def embed(self, x: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        """Images -> per-branch token tensors with CLS and position embeddings. `x`: one batch
+        that every branch sees (resized to a branch's own size where it differs), or a list with
+        one batch per branch (other crops, resolutions, modalities: each with its branch's
+        in_chans, at its branch's size or at the model's)."""
+        if isinstance(x, (list, tuple)):
+            config, images = self.config, self._branch_inputs(x)
+        else:
+            config = self.check_input(x)
+            images = [x] * len(config.branches)
         prefix = 1 if config.cls_token else 0
         xs = []
-        for i, (branch, tokenizer) in enumerate(zip(config.branches, self.tokenizers)):
-            image = x
-            if branch.img_size != config.img_size:
-                image = F.interpolate(x, size=(branch.img_size, branch.img_size), mode="bicubic", align_corners=False)
+        for i, (branch, tokenizer, image) in enumerate(zip(config.branches, self.tokenizers, images)):
+            if image.shape[-1] != branch.img_size:
+                image = F.interpolate(image, size=(branch.img_size, branch.img_size), mode="bicubic",
+                                      align_corners=False)
             tokens = tokenizer(image)
             if config.cls_token:
-                tokens = torch.cat([self.cls_tokens[i].expand(x.shape[0], -1, -1), tokens], dim=1)
+                tokens = torch.cat([self.cls_tokens[i].expand(image.shape[0], -1, -1), tokens], dim=1)
             pos = self.pos_embeds[i]
             if config is not self.config:  # dynamic_img_size: the embeddings resampled for this size
                 pos = resample_pos_embed(pos, prefix, branch.grid_size())
             xs.append(self.pos_drop(tokens + pos))
         return xs
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
+    def _branch_inputs(self, xs: Sequence[Tensor]) -> list[Tensor]:
+        config = self.config
+        if len(xs) != len(config.branches):
+            raise CrossViTError(f"this model has {len(config.branches)} branches: give one input per branch, got {len(xs)}")
+        for i, (x, branch, chans) in enumerate(zip(xs, config.branches, config.branch_chans())):
+            sizes = sorted({branch.img_size, config.img_size})
+            if (x.ndim != 4 or x.shape[1] != chans or x.shape[2] != x.shape[3] or x.shape[2] not in sizes
+                    or x.shape[0] != xs[0].shape[0]):
+                raise CrossViTError(f"branch {i} takes images of shape (batch, {chans}, S, S) with S in {sizes} and the "
+                                    f"batch of branch 0, got {tuple(x.shape)}")
+        return list(xs)
+
+    def forward_features(self, x: Tensor | Sequence[Tensor]) -> list[Tensor]:
         twin = bf16_twin(self, x)  # bf16 inference: see fastpaths/twin.py
         if twin is not None:
             return run_in_bf16(twin.forward_features, x)
@@ -217,7 +239,7 @@ class CrossViT(nn.Module):
 
     # -- intermediate features (timm's convention, per branch) ---------------------------
 
-    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+    def forward_intermediates(self, x: Tensor | Sequence[Tensor], indices: int | Sequence[int] | None = None, norm: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False,
                               return_prefix_tokens: bool = False):
         """The outputs of chosen multi-scale encoders, each a list with one entry per branch: its
@@ -303,7 +325,7 @@ class CrossViT(nn.Module):
             return torch.cat(self.pool(xs), dim=1)
         return torch.stack(self.branch_logits(xs)).mean(0)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor:
         twin = bf16_twin(self, x)
         if twin is not None:
             return run_in_bf16(twin, x)

@@ -24,7 +24,7 @@ def create_model(
     checkpoint: str | os.PathLike | StoredCheckpoint | None = None,
     num_classes: int | None = None,
     img_size: int | None = None,
-    in_chans: int | None = None,
+    in_chans: int | Sequence[int] | None = None,
     fusion: str | None = None,
     dynamic_img_size: bool = False,
     features_only: bool = False,
@@ -38,7 +38,9 @@ def create_model(
     pretrained: load the published ImageNet weights (downloaded once into torch's hub cache);
         `pretrained_url` fetches them from elsewhere (a mirror, a file:// URL).
     checkpoint: a file to load (ours, the authors' or timm's layout; .pth or .safetensors).
-    num_classes, img_size, in_chans, fusion, **overrides: change the architecture; any field
+    in_chans: input channels, or one count per branch (then the model takes a list with one
+        batch per branch).
+    num_classes, img_size, fusion, **overrides: change the architecture; any field
         of CrossViTConfig or BranchConfig (`depth=(1, 4)`, `drop_path_rate=0.1`, ...).
         Weights still load: position embeddings are resampled and heads replaced.
     dynamic_img_size: take any square input size the patches divide, resampling the position

@@ -16,7 +16,7 @@ inference 1.41-1.43x timm's img/s at batch 32 (autocast alone was slower than fp
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
@@ -60,10 +60,11 @@ def _make_twin(model: nn.Module) -> nn.Module | None:
     return twin
 
 
-def bf16_twin(model: nn.Module, x: Tensor) -> nn.Module | None:
-    """The model's bf16 copy when `x` is about to go through it for inference under bf16
-    autocast (eval mode, no gradient, nothing tracing or keeping attention); else None."""
-    device = x.device.type
+def bf16_twin(model: nn.Module, x: Tensor | Sequence[Tensor]) -> nn.Module | None:
+    """The model's bf16 copy when `x` (a batch, or one per branch) is about to go through it for
+    inference under bf16 autocast (eval mode, no gradient, nothing tracing or keeping
+    attention); else None."""
+    device = (x[0] if isinstance(x, (list, tuple)) else x).device.type
     if (torch.compiler.is_compiling() or torch.jit.is_tracing() or model.training or not model.bf16_twin_enabled
             or torch.is_grad_enabled() or device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device)
             or torch.get_autocast_dtype(device) != torch.bfloat16 or model.__dict__.get("_keeps_attention")
@@ -83,7 +84,10 @@ def forget_bf16_twin(model: nn.Module) -> None:
     model.__dict__.pop("_bf16_twin", None)
 
 
-def run_in_bf16(method: Callable[[Tensor], T], x: Tensor) -> T:
+def run_in_bf16(method: Callable[[Tensor], T], x: Tensor | Sequence[Tensor]) -> T:
     """A twin's `method` on `x` in bf16, with autocast off so that nothing is cast back."""
+    if isinstance(x, (list, tuple)):
+        with torch.autocast(x[0].device.type, enabled=False):
+            return method([t.to(torch.bfloat16) for t in x])
     with torch.autocast(x.device.type, enabled=False):
         return method(x.to(torch.bfloat16))
