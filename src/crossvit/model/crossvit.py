@@ -103,6 +103,33 @@ class CrossViT(nn.Module):
         """Parameter names to keep out of weight decay besides norms and biases."""
         return {name for name, _ in self.named_parameters() if name.startswith(("cls_tokens.", "pos_embeds."))}
 
+    def layer_depth(self, name: str, coarse: bool = False) -> int:
+        """How deep parameter `name` sits, for layer-wise learning-rate decay: tokenizers, CLS
+        tokens and position embeddings 0; in encoder k, block j of every branch at the encoders
+        before it plus j + 1, its fusion one past its deepest branch; the final norms and heads
+        on top. `coarse`: one depth per encoder."""
+        parts = name.split(".")
+        if parts[0] != "encoders":
+            return 0 if parts[0] in ("tokenizers", "cls_tokens", "pos_embeds") else self._top_depth(coarse)
+        k = int(parts[1])
+        if coarse:
+            return k + 1
+        before = sum(self._encoder_span(i) for i in range(k))
+        if parts[2] == "branches":
+            return before + int(parts[4]) + 1
+        return before + self._encoder_span(k)  # the fusion, after the encoder's deepest branch
+
+    def _encoder_span(self, k: int) -> int:
+        """Depths one encoder spans: its deepest branch's blocks, then the fusion."""
+        return max(len(blocks) for blocks in self.encoders[k].branches) + 1
+
+    def _top_depth(self, coarse: bool) -> int:
+        return len(self.encoders) + 1 if coarse else sum(self._encoder_span(k) for k in range(len(self.encoders))) + 1
+
+    def group_matcher(self, coarse: bool = False):
+        """timm's hook for grouping parameters by depth (timm.optim's layer_decay reads it)."""
+        return lambda name: self.layer_depth(name, coarse)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each encoder in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
