@@ -99,6 +99,22 @@ class CrossViT(nn.Module):
         forget_bf16_twin(self)
         return super().train(mode)
 
+    @property
+    def pretrained_cfg(self) -> dict:
+        """The preprocessing metadata in timm's form: timm.data.resolve_model_data_config(model)
+        and create_transform(**config) then build what `crossvit eval` and `predict` use."""
+        meta = self.meta
+        size = (self.config.in_chans, self.config.img_size, self.config.img_size)
+        cfg = {"input_size": size, "num_classes": self.num_classes, "crop_mode": "center",
+               "first_conv": [f"tokenizers.{i}" for i in range(len(self.tokenizers))],
+               "classifier": [f"heads.{i}" for i in range(len(self.heads))]}
+        if meta is not None:
+            cfg.update(interpolation=meta.interpolation, mean=meta.mean, std=meta.std, crop_pct=meta.crop_pct,
+                       hf_hub_id=meta.hf_hub_id, architecture=meta.name)
+        return cfg
+
+    default_cfg = pretrained_cfg  # timm's older name
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names to keep out of weight decay besides norms and biases."""
         return {name for name, _ in self.named_parameters() if name.startswith(("cls_tokens.", "pos_embeds."))}
