@@ -9,10 +9,11 @@ from .errors import CheckpointError, CrossViTError
 from .model import BranchConfig, CrossViT, CrossViTConfig, ModelMeta, fusion_module, get_variant, list_models
 from .model.checkpoint import LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
 from .model.factory import create_model
+from .model.hub import save_pretrained
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BranchConfig", "CheckpointError", "CrossViT", "CrossViTConfig", "CrossViTError", "LoadReport", "ModelMeta",
-    "create_model", "fusion_module", "get_variant", "list_models", "load_checkpoint", "read_checkpoint", "save_checkpoint",
+    "create_model", "fusion_module", "get_variant", "list_models", "load_checkpoint", "read_checkpoint", "save_checkpoint", "save_pretrained",
 ]

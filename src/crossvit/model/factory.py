@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CrossViTError
 from .checkpoint import StoredCheckpoint, load_checkpoint, read_checkpoint
-from .config import apply_overrides
+from .config import CrossViTConfig, apply_overrides
 from .crossvit import CrossViT
 from .features import CrossViTFeatures
 from .pretrained import download_weights
-from .registry import ModelMeta, get_variant
+from .hub import download_hub_dir, read_pretrained
+from .registry import ModelMeta, get_variant, list_models
 
 
 def create_model(
@@ -34,7 +36,9 @@ def create_model(
     """Build a CrossViT.
 
     name: a registered name (`crossvit.list_models()`), or the authors' `*_224` / `*_384`
-        names; may be left out when `checkpoint` is one of ours, which carries its config.
+        names; "local-dir:DIR" or "hf-hub:ORG/NAME" for a model in the Hugging Face Hub layout
+        (ours from save_pretrained, or timm's copies); may be left out when `checkpoint` is one
+        of ours, which carries its config.
     pretrained: load the published ImageNet weights (downloaded once into torch's hub cache);
         `pretrained_url` fetches them from elsewhere (a mirror, a file:// URL).
     checkpoint: a file to load (ours, the authors' or timm's layout; .pth or .safetensors).
@@ -51,7 +55,10 @@ def create_model(
     stored: StoredCheckpoint | None = None
     if checkpoint is not None:
         stored = checkpoint if isinstance(checkpoint, StoredCheckpoint) else read_checkpoint(checkpoint)
-    if name is not None:
+    hub_weights: StoredCheckpoint | None = None
+    if name is not None and name.startswith(HUB_PREFIXES):
+        config, meta, hub_weights = _from_hub_layout(name)
+    elif name is not None:
         variant = get_variant(name)
         config, meta = variant.config, variant.meta
     elif stored is not None and stored.config is not None:
@@ -78,6 +85,8 @@ def create_model(
     model.dynamic_img_size = dynamic_img_size
     if pretrained:
         load_checkpoint(model, download_weights(meta, pretrained_url))
+    if hub_weights is not None:
+        load_checkpoint(model, hub_weights)
     if stored is not None:
         load_checkpoint(model, stored)
     if features_only:
@@ -85,6 +94,31 @@ def create_model(
     if out_indices is not None:
         raise CrossViTError("out_indices applies with features_only=True; for a classifier leave it out")
     return model
+
+
+HUB_PREFIXES = ("local-dir:", "hf-hub:")
+
+
+def _from_hub_layout(name: str) -> tuple[CrossViTConfig, ModelMeta, StoredCheckpoint]:
+    """Architecture, metadata and weights of a hub-layout directory (hub.py)."""
+    prefix, where = name.split(":", 1)
+    directory = Path(where) if prefix == "local-dir" else download_hub_dir(where)
+    architecture, config, saved, weights = read_pretrained(directory)
+    registered = architecture in list_models()
+    if config is None:  # timm's copies name a published variant and its class count only
+        if not registered:
+            raise CrossViTError(f"{directory}/config.json names architecture {architecture!r}, which is not a CrossViT "
+                                f"we know; known: {', '.join(list_models())}")
+        config = apply_overrides(get_variant(architecture).config, {"num_classes": saved.get("num_classes", 1000)})
+    base = get_variant(architecture).meta if registered else _plain_meta(architecture or "crossvit_custom", config)
+    cfg = saved.get("pretrained_cfg", {})
+    labels = saved.get("label_names")
+    meta = dataclasses.replace(
+        base, input_size=(config.in_chans, config.img_size, config.img_size),
+        crop_pct=cfg.get("crop_pct", base.crop_pct), interpolation=cfg.get("interpolation", base.interpolation),
+        mean=tuple(cfg.get("mean", base.mean)), std=tuple(cfg.get("std", base.std)),
+        class_names=tuple(labels) if labels and len(labels) == config.num_classes else base.class_names)
+    return config, meta, weights
 
 
 def _meta_for(meta: ModelMeta, config: Any, classes_changed: bool) -> ModelMeta:
