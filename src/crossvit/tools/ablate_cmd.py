@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CrossViTError
     from ..training.distributed import threads_per_process
     from ..training.trainer import config_of_run, train
-    from .ablation import budget_overrides, job_config, jobs, load_study, process_place, shard, study_names
-    from .ablation_report import run_finished, write_report
+    from ..studies.specs import budget_overrides, job_config, jobs, load_study, process_place, shard, study_names
+    from ..studies.report import run_finished, write_report
 
     if args.list:
         for name in study_names():

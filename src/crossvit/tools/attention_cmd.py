@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import CrossViTError
-from .attention import FUSIONS_WITH_ATTENTION, attention_maps
+from ..analysis.attention import FUSIONS_WITH_ATTENTION, attention_maps
 from .predict_cmd import image_mode, load_for_inference, why_unreadable
 
 
@@ -62,7 +62,7 @@ def write_all(out: Path, draw: Callable[[Path], None]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from ..data.images import load_image  # crossvit.data (timm) and matplotlib load slowly: only when needed
     from ..data.transforms import eval_transform
-    from .attention_plot import plot_heads, plot_overview, unnormalise
+    from ..analysis.attention_plot import plot_heads, plot_overview, unnormalise
 
     out = Path(args.output or f"attention-{Path(args.image).stem}")
     if out.exists() and not out.is_dir():

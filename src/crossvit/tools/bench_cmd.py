@@ -13,8 +13,8 @@ import torch
 from ..errors import CrossViTError
 from ..model.fastpaths import cpu_support
 from ..model.registry import get_variant
-from . import benchmark as bm
-from .flops import model_macs
+from ..analysis import benchmark as bm
+from ..analysis.flops import model_macs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -48,7 +48,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
     from ..errors import CrossViTError
     from ..model.checkpoint import read_checkpoint
     from ..model.factory import create_model
-    from ..quantize import is_quantized, load_quantized
+    from ..deploy.quantize import is_quantized, load_quantized
     from ..training import distributed
     from ..training.config import load_config
     from ..training.engine import evaluate

@@ -25,10 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import CrossViTError
-    from ..export import FORMATS, check_output_path, export
+    from ..deploy.export import FORMATS, check_output_path, export
     from ..model.checkpoint import read_checkpoint
     from ..model.factory import create_model
-    from ..quantize import is_quantized
+    from ..deploy.quantize import is_quantized
 
     source = Path(args.checkpoint)
     output = Path(args.output) if args.output else source.with_suffix(FORMATS[args.fmt])

@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def load_for_inference(checkpoint: str | os.PathLike, model_name: str | None = None) -> tuple[CrossViT, list[str]]:
     """The checkpoint's model in eval mode (on the GPU if there is one) and its class names:
     the checkpoint's own, else the variant's, else class_0, class_1, ..."""
-    from ..quantize import is_quantized, load_quantized
+    from ..deploy.quantize import is_quantized, load_quantized
 
     stored = read_checkpoint(checkpoint)
     quantized = is_quantized(stored)  # int8 models run on the CPU only

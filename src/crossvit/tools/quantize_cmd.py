@@ -39,7 +39,7 @@ def compare_speed(models: dict[str, nn.Module], images: torch.Tensor, rounds: in
     taking turns, so that a slow spell of a shared machine hits them alike."""
     import torch
 
-    from .benchmark import time_interleaved
+    from ..analysis.benchmark import time_interleaved
 
     def step(model: nn.Module) -> Callable[[], None]:
         def infer() -> None:
@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import CrossViTError
-    from ..export import random_images
+    from ..deploy.export import random_images
     from ..model.checkpoint import read_checkpoint
     from ..model.factory import create_model
-    from ..quantize import is_quantized, quantize_model, save_quantized
+    from ..deploy.quantize import is_quantized, quantize_model, save_quantized
     from .eval_cmd import evaluate_checkpoint
 
     source = Path(args.checkpoint)

@@ -14,7 +14,7 @@ import torch
 
 from ..model.checkpoint import save_checkpoint
 from ..model.factory import create_model
-from .flops import count_params, model_macs
+from ..analysis.flops import count_params, model_macs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

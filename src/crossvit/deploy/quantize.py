@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import CheckpointError
-from .model.checkpoint import StoredCheckpoint, read_checkpoint, save_checkpoint
-from .model.crossvit import CrossViT
-from .model.registry import ModelMeta
+from ..errors import CheckpointError
+from ..model.checkpoint import StoredCheckpoint, read_checkpoint, save_checkpoint
+from ..model.crossvit import CrossViT
+from ..model.registry import ModelMeta
 
 QUANTIZATION = "int8-dynamic"
 
