@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CrossViTError
 from ..analysis.attention import FUSIONS_WITH_ATTENTION, attention_maps
-from .predict_cmd import image_mode, load_for_inference, why_unreadable
+from ..inference import image_mode, load_for_inference, why_unreadable
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -65,10 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import CrossViTError
     from ..deploy.export import random_images
-    from ..model.checkpoint import read_checkpoint
-    from ..model.factory import create_model
-    from ..deploy.quantize import is_quantized, quantize_model, save_quantized
-    from .eval_cmd import evaluate_checkpoint
+    from ..deploy.quantize import quantize_model, save_quantized
+    from ..inference import evaluate_checkpoint, load_for_inference
 
     source = Path(args.checkpoint)
     output = Path(args.output) if args.output else source.with_name(f"{source.stem}.int8.safetensors")
@@ -76,10 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise CrossViTError(f"quantizing {source} would overwrite it; name another file with --output")
     if args.bench_batch < 1 or args.rounds < 1:
         raise CrossViTError("--bench-batch and --rounds must be at least 1")
-    stored = read_checkpoint(source)
-    if is_quantized(stored):
-        raise CrossViTError(f"{source} is already an int8 model; quantize the fp32 checkpoint it was made from")
-    model = create_model(args.model, checkpoint=stored).eval()
+    model, _ = load_for_inference(source, args.model, device="cpu", need_classifier=False,
+                                  int8_error=f"{source} is already an int8 model; quantize the fp32 checkpoint it was made from")
     quantized = quantize_model(model)
     save_quantized(quantized, output)
     images = random_images(model, 8)
