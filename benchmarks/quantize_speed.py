@@ -24,7 +24,7 @@ from torch import Tensor, nn
 import crossvit
 from crossvit.deploy.export import random_images
 from crossvit.deploy.quantize import quantize_model
-from crossvit.tools.quantize_cmd import compare_speed, format_speeds
+from crossvit.commands.quantize import compare_speed, format_speeds
 
 
 class IntMatmulLinear(nn.Module):

@@ -1,4 +1,4 @@
-"""The `crossvit` command. Each sub-command lives in its own module with `add_parser` and `run`."""
+"""The `crossvit` command. Each sub-command is a module of crossvit.commands, with `add_parser` and `run`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import CrossViTError
-from .tools import (ablate_cmd, attention_cmd, bench_cmd, demo, eval_cmd, export_cmd, inspect_checkpoint, models_table, predict_cmd,
-                    quantize_cmd, tour, train_cmd)
+from .analysis import models_table  # the `crossvit models` command; its own module follows
+from .commands import ablate, attention, bench, demo, export, info, predict, quantize, tour, train
+from .commands import eval as eval_command  # not to hide the builtin
 
-COMMANDS = [train_cmd, eval_cmd, predict_cmd, attention_cmd, export_cmd, quantize_cmd, models_table, bench_cmd,
-            ablate_cmd, inspect_checkpoint, demo, tour]
+COMMANDS = [train, eval_command, predict, attention, export, quantize, models_table, bench, ablate, info, demo, tour]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .eval_cmd import count
+from .eval import count
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not when `crossvit --help` does
     import torch

@@ -8,7 +8,7 @@ import json
 import torch
 
 from ..model import CrossViT, get_variant, list_models
-from ..analysis.flops import count_macs, count_params
+from .flops import count_macs, count_params
 
 
 def describe(name: str) -> dict:
