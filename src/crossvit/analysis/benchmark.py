@@ -8,7 +8,6 @@ outputs are compared on the same input.
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import statistics
 import time
@@ -69,15 +68,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
-
-
 def make_step(model: nn.Module, setting: Setting, img_size: int, in_chans: int,
               device: torch.device) -> Callable[[], None]:
     """A closure running one step of `setting` on fixed random data."""
+    from ..training.engine import autocast  # it loads the dataset modules (timm): only when timing starts
+
     batch = 1 if setting.mode == "latency" else setting.batch_size
     images = torch.randn(batch, in_chans, img_size, img_size, device=device)
     forward = torch.compile(model, mode=setting.compile_mode) if setting.compiled else model
@@ -244,6 +239,8 @@ def build_contenders(name: str, compare_timm: bool, img_size: int | None, device
 def max_output_difference(contenders: list[Contender], img_size: int, in_chans: int, device: torch.device,
                           precision: str = "fp32") -> float:
     """Largest |logit difference| between our model and timm's on one random batch."""
+    from ..training.engine import autocast
+
     if len(contenders) < 2:
         return 0.0
     x = torch.randn(2, in_chans, img_size, img_size, device=device)
