@@ -5,18 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def count(least: int):
-    """An argparse type: an int of at least `least` (a batch of 0 crashed deep inside the DataLoader)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
-        return value
-    return parse
+from . import int_at_least
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,10 +15,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=("fashion_mnist", "folder", "cifar10", "cifar100"),
                    help="dataset kind (default: the checkpoint's, else folder)")
     p.add_argument("--model", help="model name, for checkpoints that do not record their architecture")
-    p.add_argument("--batch-size", type=count(1), default=256)
-    p.add_argument("--workers", type=count(0), default=0)
+    p.add_argument("--batch-size", type=int_at_least(1), default=256)
+    p.add_argument("--workers", type=int_at_least(0), default=0)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--limit", type=count(1), help="evaluate the first N images only")
+    p.add_argument("--limit", type=int_at_least(1), help="evaluate the first N images only")
     p.add_argument("--flip", action="store_true", help="average each head over the image and its mirror image")
     p.add_argument("--output", help="where to write confusion.png and eval.json (default: beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print one JSON document")

@@ -6,20 +6,15 @@ import argparse
 import json
 import sys
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from . import int_at_least
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="top-k classes of images or folders of images")
     p.add_argument("checkpoint", help="a checkpoint (ours; the authors' or timm's with --model)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
-    p.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image (default 5)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--top-k", type=int_at_least(1), default=5, help="classes shown per image (default 5)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32, help="images per forward pass (default 32)")
     p.add_argument("--model", help="model name, for checkpoints that do not record their architecture")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run)

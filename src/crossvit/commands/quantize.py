@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .eval import count
+from . import int_at_least
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not when `crossvit --help` does
     import torch
@@ -29,8 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset to compare fp32 and int8 top-1 on (default: none)")
     p.add_argument("--dataset", choices=("fashion_mnist", "folder", "cifar10", "cifar100"),
                    help="dataset kind (default: the checkpoint's, else folder)")
-    p.add_argument("--limit", type=count(1), help="compare on the first N images only")
-    p.add_argument("--batch-size", type=count(1), default=256, help="evaluation batch size")
+    p.add_argument("--limit", type=int_at_least(1), help="compare on the first N images only")
+    p.add_argument("--batch-size", type=int_at_least(1), default=256, help="evaluation batch size")
     p.set_defaults(run=run)
 
 
