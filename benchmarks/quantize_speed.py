@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 import crossvit
+from crossvit.analysis.benchmark import compare_speed, format_speeds
 from crossvit.deploy.export import random_images
 from crossvit.deploy.quantize import quantize_model
-from crossvit.commands.quantize import compare_speed, format_speeds
 
 
 class IntMatmulLinear(nn.Module):

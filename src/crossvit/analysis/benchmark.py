@@ -169,6 +169,28 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device,
     return seconds
 
 
+def compare_speed(models: dict[str, nn.Module], images: torch.Tensor, rounds: int) -> dict[str, list[float]]:
+    """Images per second of each model in each round; one batch per model per round, the models
+    taking turns, so that a slow spell of a shared machine hits them alike."""
+    def step(model: nn.Module) -> Callable[[], None]:
+        def infer() -> None:
+            with torch.inference_mode():
+                model(images)
+        return infer
+
+    seconds = time_interleaved({name: step(m) for name, m in models.items()}, images.device, rounds, min_seconds=0)
+    return {name: [len(images) / s for s in per_round] for name, per_round in seconds.items()}
+
+
+def format_speeds(speeds: dict[str, list[float]]) -> str:
+    """img/s (min and median) per model, and the median speed-up of the last model over the first."""
+    lines = [f"{name:>7}: {min(v):7.1f} img/s min, {statistics.median(v):7.1f} median over {len(v)} rounds"
+             for name, v in speeds.items()]
+    first, last = list(speeds.values())[0], list(speeds.values())[-1]
+    lines.append(f"speed-up (median): {statistics.median(last) / statistics.median(first):.2f}x")
+    return "\n".join(lines)
+
+
 def matmul_peak_gflops(device: torch.device, precision: str, size: int | None = None, repeats: int = 10) -> float:
     """The machine's matmul throughput in `precision` (best of a few square products; on a GPU
     large enough that one product outlasts the launch and the synchronisation). On the CPU the
