@@ -1,17 +1,28 @@
-"""Figures of attention maps: each map stretched over the picture the model saw."""
+"""Figures of attention maps: each map stretched over the picture the model saw.
+
+`save_attention_figures` writes what `crossvit attention` does: the figures, and the maps as .npy.
+Everything is drawn in a hidden folder beside the output and moved in only once it is all
+there, so a failure (a full disk, say) leaves no half-written results.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure  # drawn without pyplot: no display, no global state to disturb
 from torch import Tensor
 
+from ..inference import probabilities
+from ..model.crossvit import CrossViT
 from ..model.registry import ModelMeta
-from .attention import query_branch
+from .attention import attention_maps, query_branch
 
 
 def unnormalise(x: Tensor, meta: ModelMeta) -> np.ndarray:
@@ -69,3 +80,52 @@ def _save(fig: Figure, title: str, path: Path) -> None:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def save_attention_figures(model: CrossViT, image: Tensor, out: Path, class_names: list[str], *, image_name: str,
+                           source: str, per_head: bool = False, with_rollout: bool = False) -> list[tuple[Path, str]]:
+    """Attention maps of one preprocessed image (C, H, W) written into folder `out`: attention.png
+    (a row per branch, heads averaged), each map as MAP.npy, and with `per_head` each head alone
+    (MAP_heads.png, MAP_heads.npy). The title names the image, the model's top class and the
+    `source` (the checkpoint). Returns each file written with a few words on what it holds."""
+    maps = attention_maps(model, image, with_rollout=with_rollout)
+    probs = probabilities(model, image.unsqueeze(0))[0]
+    best = int(probs.argmax())
+    title = f"{image_name}: {class_names[best]} {100 * probs[best]:.1f}%  ({source})"
+    picture = unnormalise(image, model.meta)
+
+    def draw(folder: Path) -> None:
+        plot_overview(picture, maps, folder / "attention.png", title)
+        for name, heads in maps.items():
+            np.save(folder / f"{name}.npy", heads.mean(0))
+            if per_head and len(heads) > 1:  # a single head (rollout) is its own average
+                np.save(folder / f"{name}_heads.npy", heads)
+                plot_heads(picture, heads, folder / f"{name}_heads.png", f"{name}  ({title})")
+
+    return [(path, _contents(path, maps)) for path in _write_all(out, draw)]
+
+
+def _contents(path: Path, maps: dict[str, np.ndarray]) -> str:
+    """What a written file holds, for the list printed at the end."""
+    if path.name == "attention.png":
+        return "overview: a row per branch, heads averaged"
+    heads = maps[path.stem.removesuffix("_heads")]
+    if path.suffix == ".png":
+        return f"{len(heads)} heads"
+    shape = heads.shape if path.stem.endswith("_heads") else heads.shape[1:]
+    return "array " + "x".join(map(str, shape))
+
+
+def _write_all(out: Path, draw: Callable[[Path], None]) -> list[Path]:
+    """Call draw(folder) on a hidden folder beside `out`, then move what it wrote into `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        draw(staging)
+        out.mkdir(exist_ok=True)
+        names = sorted(os.listdir(staging))
+        for name in names:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in names]
