@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from typing import NoReturn
 
 from . import __version__
+from .commands import NAMES
 from .errors import CrossViTError
-from .analysis import models_table  # the `crossvit models` command; its own module follows
-from .commands import ablate, attention, bench, demo, export, info, predict, quantize, tour, train
-from .commands import eval as eval_command  # not to hide the builtin
 
-COMMANDS = [train, eval_command, predict, attention, export, quantize, models_table, bench, ablate, info, demo, tour]
+COMMANDS = [importlib.import_module(f".commands.{name}", __package__) for name in NAMES]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+NAMES = ("train", "eval", "predict", "attention", "export", "quantize", "models", "bench", "ablate", "info", "demo",
+         "tour")  # in the order `crossvit --help` lists them
+
 
 def int_at_least(least: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least `least` (a batch of 0 crashed deep inside the DataLoader)."""

@@ -24,8 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import CrossViTError
     from ..deploy.export import FORMATS, check_output_path, export
+    from ..errors import CrossViTError
     from ..inference import load_for_inference
 
     source = Path(args.checkpoint)

@@ -65,8 +65,8 @@ def outcome(output: Path, seed: int) -> RunOutcome:
 
 def collect(study: Study, root: Path, seeds: int) -> list[CellSummary]:
     """Every cell's finished runs; parameters and MACs counted on the model a run saved."""
-    from ..model.factory import create_model
     from ..analysis.flops import count_params, model_macs
+    from ..model.factory import create_model
 
     summaries = []
     for cell in study.cells:
