@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import crossvit
-from crossvit.export import ATOL, export_onnx
+from crossvit.deploy.export import ATOL, export_onnx
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from crossvit.tools.benchmark import build_contenders, captured
+from crossvit.analysis.benchmark import build_contenders, captured
 
 
 def kernels_per_forward(forward) -> int:

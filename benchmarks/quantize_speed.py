@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 import crossvit
-from crossvit.export import random_images
-from crossvit.quantize import quantize_model
-from crossvit.tools.quantize_cmd import compare_speed, format_speeds
+from crossvit.analysis.benchmark import compare_speed, format_speeds
+from crossvit.deploy.export import random_images
+from crossvit.deploy.quantize import quantize_model
 
 
 class IntMatmulLinear(nn.Module):

@@ -11,7 +11,7 @@ import pytest
 import crossvit
 from crossvit import CrossViTError
 from crossvit.cli import main
-from crossvit.tools import ablation
+from crossvit.studies import specs
 from crossvit.training import trainer
 from crossvit.training.config import load_config
 from crossvit.training.trainer import read_metrics
@@ -19,12 +19,12 @@ from imagegen import make_folder_dataset
 from tinyrun import PLAIN, TINY
 
 
-@pytest.mark.parametrize("name", ablation.study_names())
+@pytest.mark.parametrize("name", specs.study_names())
 def test_every_study_cell_builds_its_model(name, tmp_path):
-    study = ablation.load_study(name)
+    study = specs.load_study(name)
     assert len(study.cells) >= 2 and study.paper
-    for job in ablation.jobs(study, tmp_path, seeds=1):
-        config = ablation.job_config(study, job, study.budget, [])
+    for job in specs.jobs(study, tmp_path, seeds=1):
+        config = specs.job_config(study, job, study.budget, [])
         model = crossvit.create_model(config.model.name, num_classes=10, **config.model.options)
         assert config.seed == 0 and model.config.img_size == 28
 
@@ -32,27 +32,27 @@ def test_every_study_cell_builds_its_model(name, tmp_path):
 def test_studies_resolve_the_configuration_they_were_measured_with():
     # The config.yaml of a run the fusion study made: the demo recipe moving on must not move the studies.
     measured = load_config(str(Path(__file__).parent / "golden" / "study_fusion_cross_attention_seed0.yaml"))
-    study = ablation.load_study("fusion")
-    job = next(j for j in ablation.jobs(study, Path("unused"), seeds=1) if j.cell.name == "cross_attention")
+    study = specs.load_study("fusion")
+    job = next(j for j in specs.jobs(study, Path("unused"), seeds=1) if j.cell.name == "cross_attention")
     as_run = ["data.path=/usr/share/datasets/fashion-mnist", "train.precision=bf16", "train.threads=1"]  # chosen there
-    assert ablation.job_config(study, job, study.budget, as_run) == measured
+    assert specs.job_config(study, job, study.budget, as_run) == measured
 
 
 def test_the_vs_vit_cells_cost_the_same():
-    from crossvit.tools.flops import model_macs
+    from crossvit.analysis.flops import model_macs
 
-    study = ablation.load_study("vs_vit")
+    study = specs.load_study("vs_vit")
     macs = []
-    for job in ablation.jobs(study, ablation.Path("unused"), seeds=1):
-        config = ablation.job_config(study, job, study.budget, [])
+    for job in specs.jobs(study, Path("unused"), seeds=1):
+        config = specs.job_config(study, job, study.budget, [])
         macs.append(model_macs(crossvit.create_model(config.model.name, num_classes=10, **config.model.options)))
     assert len(macs) == 2 and abs(macs[0] - macs[1]) / macs[0] < 0.05, macs
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_processes_share_the_runs_exactly_once(world, tmp_path):
-    all_jobs = ablation.jobs(ablation.load_study("fusion"), tmp_path, seeds=3)
-    shares = [ablation.shard(all_jobs, rank, world) for rank in range(world)]
+    all_jobs = specs.jobs(specs.load_study("fusion"), tmp_path, seeds=3)
+    shares = [specs.shard(all_jobs, rank, world) for rank in range(world)]
     assert sorted(j.output for s in shares for j in s) == sorted(j.output for j in all_jobs)
     assert len({j.output for j in all_jobs}) == 15
 
@@ -60,7 +60,7 @@ def test_processes_share_the_runs_exactly_once(world, tmp_path):
 @pytest.mark.parametrize("budget, expected", [("4ep", ["epochs=4", "train.time_limit=null"]),
                                               ("2.5m", ["train.time_limit=2.5", "epochs=1000"])])
 def test_budget_is_epochs_or_minutes(budget, expected):
-    assert ablation.budget_overrides(budget) == expected
+    assert specs.budget_overrides(budget) == expected
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -80,13 +80,13 @@ def test_a_bad_study_file_is_one_line(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("recipe: fashion_mnist\ncels: {a: {overrides: [seed=1]}}\n")
     with pytest.raises(CrossViTError, match="cells"):
-        ablation.load_study(str(path))
+        specs.load_study(str(path))
     path.write_text("recipe: fashion_mnist\nbudgte: 3ep\ncells: {a: {overrides: [seed=1]}}\n")
     with pytest.raises(CrossViTError, match="unknown key.*budgte"):
-        ablation.load_study(str(path))
+        specs.load_study(str(path))
     path.write_text("cells: {a: {overrides: [model.options.fusion]}}\n")
     with pytest.raises(CrossViTError, match="KEY=VALUE"):
-        ablation.load_study(str(path))
+        specs.load_study(str(path))
 
 
 def _expected(study_dir, cell, seeds):

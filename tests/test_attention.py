@@ -9,7 +9,7 @@ from PIL import Image
 import crossvit
 from crossvit import CrossViTError
 from crossvit.cli import main
-from crossvit.tools.attention import attention_maps, rollout
+from crossvit.analysis.attention import attention_maps, rollout
 
 from conftest import small_config
 

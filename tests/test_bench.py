@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from crossvit.cli import main
-from crossvit.tools import benchmark
-from crossvit.tools.models_table import describe
+from crossvit.analysis import benchmark
+from crossvit.analysis.models_table import describe
 
 FAST = ["--rounds", "2", "--round-seconds", "0.01", "--threads", "2"]
 

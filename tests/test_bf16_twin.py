@@ -12,7 +12,7 @@ import torch
 
 from conftest import perturbed_micro_model
 from crossvit.model.fastpaths import bf16_twin, cpu_support
-from crossvit.tools.benchmark import build_contenders
+from crossvit.analysis.benchmark import build_contenders
 
 pytestmark = pytest.mark.usefixtures("cpu_mode")
 
@@ -126,7 +126,7 @@ def test_twin_steps_aside_where_it_must(cpu_twin):
 
 
 def test_int8_model_keeps_its_own_layers():
-    from crossvit.quantize import quantize_model
+    from crossvit.deploy.quantize import quantize_model
 
     quantized = quantize_model(perturbed_micro_model())
     assert bf16_twin_of(quantized, torch.randn(1, 3, 32, 32)) is None

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import crossvit
 from crossvit.model.config import BranchConfig
 from crossvit.model.layers import Tokenizer
-from crossvit.tools.flops import count_macs, count_params
+from crossvit.analysis.flops import count_macs, count_params
 
 from conftest import small_config
 

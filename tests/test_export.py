@@ -8,7 +8,7 @@ import torch
 
 import crossvit
 from crossvit.cli import main
-from crossvit.export import ExportMismatchError, export_onnx, export_program, export_safetensors
+from crossvit.deploy.export import ExportMismatchError, export_onnx, export_program, export_safetensors
 
 ort = pytest.importorskip("onnxruntime")
 

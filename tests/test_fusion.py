@@ -8,7 +8,7 @@ import crossvit
 from crossvit.model.config import FUSIONS
 from crossvit.model.fusion import FUSION_SCHEMES, projected_cross_attention
 from crossvit import CrossViT
-from crossvit.tools.flops import count_macs
+from crossvit.analysis.flops import count_macs
 
 from conftest import small_config
 

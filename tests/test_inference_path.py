@@ -14,7 +14,7 @@ from conftest import perturbed_micro_model, simulated_cpu
 from crossvit.model import layers
 from crossvit.model.fastpaths import attention, cpu_support
 from crossvit.model.fusion import CrossAttention
-from crossvit.tools.flops import count_macs
+from crossvit.analysis.flops import count_macs
 
 pytestmark = pytest.mark.usefixtures("cpu_mode")
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import crossvit
-from crossvit.tools.flops import count_macs, count_params, model_macs
-from crossvit.tools.models_table import describe
+from crossvit.analysis.flops import count_macs, count_params, model_macs
+from crossvit.analysis.models_table import describe
 
 from conftest import facts_table
 

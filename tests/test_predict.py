@@ -10,7 +10,7 @@ from PIL import Image
 
 import crossvit
 from crossvit.cli import main
-from crossvit.tools.predict_cmd import load_for_inference, predict_paths
+from crossvit.inference import load_for_inference, predict_paths
 
 from conftest import small_config
 from imagegen import write_every_mode

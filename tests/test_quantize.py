@@ -8,7 +8,7 @@ import torch
 
 import crossvit
 from crossvit.cli import main
-from crossvit.quantize import Int8Linear, load_quantized, quantize_model, save_quantized
+from crossvit.deploy.quantize import Int8Linear, load_quantized, quantize_model, save_quantized
 
 from imagegen import make_folder_dataset
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import crossvit
 from crossvit.model.config import BranchConfig
 from crossvit.model.layers import TokensToToken
-from crossvit.tools.flops import count_macs, count_params, model_macs
+from crossvit.analysis.flops import count_macs, count_params, model_macs
 
 from conftest import small_config
 

@@ -1,20 +1,19 @@
-"""The `crossvit` command. Each sub-command lives in its own module with `add_parser` and `run`."""
+"""The `crossvit` command. Each sub-command is a module of crossvit.commands, with `add_parser` and `run`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from typing import NoReturn
 
 from . import __version__
+from .commands import NAMES
 from .errors import CrossViTError
-from .tools import (ablate_cmd, attention_cmd, bench_cmd, demo, eval_cmd, export_cmd, inspect_checkpoint, models_table, predict_cmd,
-                    quantize_cmd, tour, train_cmd)
 
-COMMANDS = [train_cmd, eval_cmd, predict_cmd, attention_cmd, export_cmd, quantize_cmd, models_table, bench_cmd,
-            ablate_cmd, inspect_checkpoint, demo, tour]
+COMMANDS = [importlib.import_module(f".commands.{name}", __package__) for name in NAMES]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -16,7 +16,7 @@ from PIL import Image
 import crossvit
 from crossvit.cli import main
 from crossvit.errors import CrossViTError
-from crossvit.export import ExportMismatchError, export_safetensors
+from crossvit.deploy.export import ExportMismatchError, export_safetensors
 
 from test_faults_data import plant_hostile_files
 
@@ -163,7 +163,7 @@ def test_a_write_error_midway_is_one_line_and_leaves_nothing(checkpoint, tmp_pat
         Path(path).write_bytes(b"half a file")
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr("crossvit.export.save_checkpoint", half_then_fail)
+    monkeypatch.setattr("crossvit.deploy.export.save_checkpoint", half_then_fail)
     out = tmp_path / "out" / "m.safetensors"
     out.parent.mkdir()
     out.write_bytes(b"the previous export")
@@ -212,7 +212,7 @@ def test_a_hostile_checkpoint_is_one_line_and_writes_nothing(command, kind, chec
 
 def test_check_output_path_is_usable_before_any_work(tmp_path):
     """The library's own guard: a folder and a path below a file are refused; a new nested path is not."""
-    from crossvit.export import check_output_path
+    from crossvit.deploy.export import check_output_path
 
     (tmp_path / "f").write_text("x")
     for bad in (tmp_path, tmp_path / "f" / "m.onnx"):

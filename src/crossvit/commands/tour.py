@@ -10,12 +10,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
-from ..model.checkpoint import save_checkpoint
-from ..model.factory import create_model
-from .flops import count_params, model_macs
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tour", help="build, run, save and reload CrossViTs (a quick tour of the library)")
@@ -24,6 +18,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..analysis.flops import count_params, model_macs
+    from ..model.checkpoint import save_checkpoint
+    from ..model.factory import create_model
+
     torch.manual_seed(0)
     out = Path(args.output)
 

@@ -1,17 +1,17 @@
-"""`crossvit models`: every registered variant with params and GMACs counted on the real network."""
+"""The table `crossvit models` prints: every registered variant, with params and GMACs counted
+on the real network beside the paper's and timm's numbers."""
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 
-from ..model import CrossViT, get_variant, list_models
+from ..model import CrossViT, get_variant
 from .flops import count_macs, count_params
 
 
 def describe(name: str) -> dict:
+    """One variant's row: its architecture in brief, params and GMACs counted on the model, and
+    the published numbers (None where there are none)."""
     variant = get_variant(name)
     config, meta = variant.config, variant.meta
     with torch.device("meta"):  # counting needs shapes, not values: skip the weight init
@@ -38,6 +38,7 @@ def _cell(value, fmt: str = "{}") -> str:
 
 
 def format_table(rows: list[dict]) -> str:
+    """`describe` rows as an aligned text table, with a note on what is counted."""
     header = ["model", "authors' name", "input", "params", "GMACs", "paper M", "paper GFLOPs", "paper top-1", "timm top-1"]
     body = [[
         r["name"], _cell(r["official_name"]), "x".join(map(str, r["input_size"])), f"{r['params']:,}",
@@ -51,19 +52,3 @@ def format_table(rows: list[dict]) -> str:
     notes = ("GMACs: multiply-accumulates of one forward pass, attention matmuls included, counted on the model "
              "(the paper calls them FLOPs).\nThe paper's params for Ti/S/B/15 leave out the position embeddings.")
     return "\n".join(lines) + "\n\n" + notes
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="list the model variants with params and GMACs counted on the real model")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'crossvit_15*'")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    p.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    rows = [describe(name) for name in list_models(args.pattern)]
-    if not rows:
-        print(f"no model matches {args.pattern!r}; `crossvit models` lists them all")
-        return 1
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
-    return 0

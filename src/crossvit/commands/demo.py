@@ -15,9 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference import evaluate_checkpoint, format_report
     from ..training.config import load_config
     from ..training.trainer import config_of_run, train
-    from .eval_cmd import evaluate_checkpoint, format_report
 
     output = Path(args.output)
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])

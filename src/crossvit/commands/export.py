@@ -24,11 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..deploy.export import FORMATS, check_output_path, export
     from ..errors import CrossViTError
-    from ..export import FORMATS, check_output_path, export
-    from ..model.checkpoint import read_checkpoint
-    from ..model.factory import create_model
-    from ..quantize import is_quantized
+    from ..inference import load_for_inference
 
     source = Path(args.checkpoint)
     output = Path(args.output) if args.output else source.with_suffix(FORMATS[args.fmt])
@@ -40,11 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CrossViTError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_output_path(output)  # before reading and tracing the model, which take a while
-    stored = read_checkpoint(source)
-    if is_quantized(stored):
-        raise CrossViTError(f"{source} is an int8 model from `crossvit quantize`, which runs only in PyTorch on the CPU; "
-                            "export the fp32 checkpoint it was made from")
-    model = create_model(args.model, checkpoint=stored)
+    model, _ = load_for_inference(source, args.model, device="cpu", need_classifier=False, int8_error=(
+        f"{source} is an int8 model from `crossvit quantize`, which runs only in PyTorch on the CPU; "
+        "export the fp32 checkpoint it was made from"))
     diff = export(model, output, args.fmt, args.opset, args.batch_size)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB): max |difference| from the PyTorch model "
           f"{diff:.2e} on random images")

@@ -21,10 +21,10 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .errors import CrossViTError
-from .files import atomic_write
-from .model.checkpoint import model_record, save_checkpoint
-from .model.crossvit import CrossViT
+from ..errors import CrossViTError
+from ..files import atomic_write
+from ..model.checkpoint import model_record, save_checkpoint
+from ..model.crossvit import CrossViT
 
 ATOL = 1e-4  # fp32 logits of ONNX Runtime / torch.export against eager PyTorch
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2", "safetensors": ".safetensors"}
@@ -195,7 +195,7 @@ def export_program(model: CrossViT, path: str | os.PathLike, batch_size: int = 2
 def export_safetensors(model: CrossViT, path: str | os.PathLike, atol: float = 0.0) -> float:
     """Write `model` in our own safetensors format (weights, config, preprocessing), e.g. to
     convert the authors' or timm's .pth; return the difference of the reloaded model (0)."""
-    from .model.factory import create_model
+    from ..model.factory import create_model
 
     model = _prepare(model)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import warnings
 from typing import Iterator
 
@@ -25,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import CheckpointError
-from .model.checkpoint import StoredCheckpoint, read_checkpoint, save_checkpoint
-from .model.crossvit import CrossViT
-from .model.registry import ModelMeta
+from ..errors import CheckpointError
+from ..model.checkpoint import StoredCheckpoint, read_checkpoint, save_checkpoint
+from ..model.crossvit import CrossViT
+from ..model.registry import ModelMeta
 
 QUANTIZATION = "int8-dynamic"
 
@@ -126,3 +127,17 @@ def load_quantized(path: str | os.PathLike | StoredCheckpoint) -> CrossViT:
     except RuntimeError as e:
         raise CheckpointError(f"{stored.origin} does not fit its own config: {str(e).splitlines()[0]}") from None
     return model.eval()
+
+
+def compare_accuracy(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, data: str | None = None,
+                     dataset: str | None = None, model_name: str | None = None, batch_size: int = 256,
+                     limit: int | None = None) -> tuple[dict, dict]:
+    """`evaluate_checkpoint` reports of a checkpoint and of its int8 copy, on the same images: by
+    default the data the fp32 checkpoint was trained on (the int8 file does not record it)."""
+    from ..inference import evaluate_checkpoint  # which loads int8 files through this module
+
+    with tempfile.TemporaryDirectory() as scratch:  # eval.json and confusion.png are not wanted here
+        fp32 = evaluate_checkpoint(str(fp32_path), data, dataset, model_name, batch_size, limit=limit, output=scratch)
+        int8 = evaluate_checkpoint(str(int8_path), fp32["path"], fp32["dataset"], None, batch_size, limit=limit,
+                                   output=scratch)
+    return fp32, int8

@@ -1,12 +1,13 @@
-"""`crossvit bench MODEL [--compare timm]`: latency, throughput and training speed, side by side."""
+"""What `crossvit bench` measures and prints: our model (and timm's, with the same weights) timed
+in each mode, precision and compilation asked for, with the machine it ran on; as a table or CSV.
+The timing itself is in benchmark.py."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
-import json
+from typing import Callable, Sequence
 
 import torch
 
@@ -17,39 +18,17 @@ from . import benchmark as bm
 from .flops import model_macs
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="time inference and training, optionally against timm's CrossViT")
-    p.add_argument("model", help="a registered variant, e.g. crossvit_9_240")
-    p.add_argument("--mode", nargs="+", choices=bm.MODES, default=["latency", "infer"],
-                   help="latency: batch 1; infer: img/s at --batch-size; train: forward+backward+AdamW step")
-    p.add_argument("--precision", nargs="+", choices=tuple(bm.PRECISIONS), default=["fp32"],
-                   help="fp32, or bf16/fp16 autocast")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--compile", choices=("off", "on", "both"), default="off", help="torch.compile the models")
-    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
-                   help="torch.compile's mode (reduce-overhead: CUDA graphs on GPU)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="replay inference as one CUDA graph, captured once (both models; CUDA, latency/infer only)")
-    p.add_argument("--img-size", type=int, help="input size (default: the variant's)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per setting")
-    p.add_argument("--round-seconds", type=float, default=2.0, help="length of one round of one contender")
-    p.add_argument("--compare", choices=("timm",), help="also time timm's model with the same weights")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument("--csv", metavar="PATH", help="also write the results as CSV")
-    p.set_defaults(run=run)
-
-
-def settings_of(args: argparse.Namespace) -> list[bm.Setting]:
-    compiled = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    return [bm.Setting(mode, 1 if mode == "latency" else args.batch_size, precision, c, args.compile_mode,
-                       args.cuda_graph)
-            for c in compiled for precision in args.precision for mode in args.mode]
+def settings(modes: Sequence[str], precisions: Sequence[str], batch_size: int, compiled: str, compile_mode: str,
+             cuda_graph: bool) -> list[bm.Setting]:
+    """Every combination asked for, eager before compiled, then by precision, then by mode."""
+    compiled_or_not = {"off": [False], "on": [True], "both": [False, True]}[compiled]
+    return [bm.Setting(mode, 1 if mode == "latency" else batch_size, precision, c, compile_mode, cuda_graph)
+            for c in compiled_or_not for precision in precisions for mode in modes]
 
 
 def measure(contenders: list[bm.Contender], setting: bm.Setting, img_size: int, in_chans: int,
-            device: torch.device, rounds: int, round_seconds: float) -> tuple[bm.Setting, dict[str, bm.Timing]]:
+            device: torch.device, rounds: int, round_seconds: float,
+            say: Callable[[str], None]) -> tuple[bm.Setting, dict[str, bm.Timing]]:
     """Time one setting for every contender; on out-of-memory halve the batch and try again."""
     while True:
         try:
@@ -65,45 +44,54 @@ def measure(contenders: list[bm.Contender], setting: bm.Setting, img_size: int, 
             if not bm.is_out_of_memory(e) or setting.batch_size == 1 or setting.mode == "latency":
                 raise
             smaller = setting.batch_size // 2
-            print(f"out of memory at batch {setting.batch_size} ({setting.mode}, {setting.precision}); "
-                  f"trying batch {smaller}")
+            say(f"out of memory at batch {setting.batch_size} ({setting.mode}, {setting.precision}); "
+                f"trying batch {smaller}")
             setting = dataclasses.replace(setting, batch_size=smaller)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
 
-def run_bench(args: argparse.Namespace) -> dict:
-    if args.batch_size < 1:
-        raise CrossViTError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = torch.device(args.device)
+def bench_report(model: str, modes: Sequence[str] = ("latency", "infer"), precisions: Sequence[str] = ("fp32",),
+                 batch_size: int = 32, compiled: str = "off", compile_mode: str = "default", cuda_graph: bool = False,
+                 img_size: int | None = None, device: str | None = None, threads: int | None = None, rounds: int = 5,
+                 round_seconds: float = 2.0, compare_timm: bool = False, say: Callable[[str], None] = print) -> dict:
+    """Time registered variant `model` in every combination of `modes` (latency: batch 1; infer:
+    img/s at `batch_size`; train: forward, backward and AdamW step), `precisions` (fp32, bf16,
+    fp16) and `compiled` ("off", "on" or "both"), against timm's model with the same weights when
+    `compare_timm`. `device`: by default the GPU if there is one. Out of memory, a setting is
+    retried at half the batch, and `say` tells so. Returns the report `crossvit bench --json` prints.
+    """
+    if batch_size < 1:
+        raise CrossViTError(f"--batch-size must be at least 1, got {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CrossViTError("--device cuda: no CUDA device is available; use --device cpu")
-    if args.cuda_graph:
+    if cuda_graph:
         if device.type != "cuda":
             raise CrossViTError("--cuda-graph needs a GPU: add --device cuda, or leave --cuda-graph out on the CPU")
-        if "train" in args.mode or args.compile != "off":
+        if "train" in modes or compiled != "off":
             raise CrossViTError("--cuda-graph replays eager inference only: use it with --mode latency infer and "
                                 "without --compile (compiled CUDA graphs: --compile on --compile-mode reduce-overhead)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    variant = get_variant(args.model)
-    contenders = bm.build_contenders(args.model, args.compare == "timm", args.img_size, device)
-    img_size = args.img_size or variant.config.img_size
+    if threads:
+        torch.set_num_threads(threads)
+    variant = get_variant(model)
+    contenders = bm.build_contenders(model, compare_timm, img_size, device)
+    img_size = img_size or variant.config.img_size
     in_chans = variant.config.in_chans
     macs = model_macs(contenders[0].model)
     report = {
-        "model": args.model, "img_size": img_size, "gmacs": macs / 1e9, "device": str(device),
+        "model": model, "img_size": img_size, "gmacs": macs / 1e9, "device": str(device),
         "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else bm.cpu_name(),
         "cpu_support": ({**dataclasses.asdict(cpu_support()), "text": cpu_support().describe()}
                         if device.type == "cpu" else None),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "max_abs_diff_vs_timm_fp32": bm.max_output_difference(contenders, img_size, in_chans, device)
-        if args.compare else None,
-        "matmul_peak_gflops": {p: bm.matmul_peak_gflops(device, p) for p in args.precision},
+        if compare_timm else None,
+        "matmul_peak_gflops": {p: bm.matmul_peak_gflops(device, p) for p in precisions},
         "results": [],
     }
-    for wanted in settings_of(args):
-        setting, timings = measure(contenders, wanted, img_size, in_chans, device, args.rounds, args.round_seconds)
+    for wanted in settings(modes, precisions, batch_size, compiled, compile_mode, cuda_graph):
+        setting, timings = measure(contenders, wanted, img_size, in_chans, device, rounds, round_seconds, say)
         flops_per_image = 2 * macs * (3 if setting.mode == "train" else 1)  # backward costs about twice the forward
         row = {"mode": setting.mode, "precision": setting.precision, "compiled": setting.compiled,
                "compile_mode": setting.compile_mode if setting.compiled else None, "cuda_graph": setting.cuda_graph,
@@ -178,15 +166,3 @@ def to_csv(report: dict) -> str:
     writer.writeheader()
     writer.writerows(flat_rows(report))
     return out.getvalue()
-
-
-def run(args: argparse.Namespace) -> int:
-    report = run_bench(args)
-    if args.csv:
-        from ..files import atomic_write
-        from pathlib import Path
-
-        text = to_csv(report)
-        atomic_write(Path(args.csv), lambda tmp: Path(tmp).write_text(text))
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
-    return 0

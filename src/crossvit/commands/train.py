@@ -6,8 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-from ..training.config import load_config, recipe_path
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -25,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import CrossViTError
+    from ..training.config import load_config, recipe_path
     from ..training.trainer import config_of_run, train
 
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..files import atomic_write
 from ..training.config import load_config
 from ..training.trainer import read_metrics
-from .ablation import Cell, Study
+from .specs import Cell, Study
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ def outcome(output: Path, seed: int) -> RunOutcome:
 
 def collect(study: Study, root: Path, seeds: int) -> list[CellSummary]:
     """Every cell's finished runs; parameters and MACs counted on the model a run saved."""
+    from ..analysis.flops import count_params, model_macs
     from ..model.factory import create_model
-    from .flops import count_params, model_macs
 
     summaries = []
     for cell in study.cells:

@@ -8,7 +8,6 @@ outputs are compared on the same input.
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import statistics
 import time
@@ -69,15 +68,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
-
-
 def make_step(model: nn.Module, setting: Setting, img_size: int, in_chans: int,
               device: torch.device) -> Callable[[], None]:
     """A closure running one step of `setting` on fixed random data."""
+    from ..training.engine import autocast  # it loads the dataset modules (timm): only when timing starts
+
     batch = 1 if setting.mode == "latency" else setting.batch_size
     images = torch.randn(batch, in_chans, img_size, img_size, device=device)
     forward = torch.compile(model, mode=setting.compile_mode) if setting.compiled else model
@@ -174,6 +169,28 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device,
     return seconds
 
 
+def compare_speed(models: dict[str, nn.Module], images: torch.Tensor, rounds: int) -> dict[str, list[float]]:
+    """Images per second of each model in each round; one batch per model per round, the models
+    taking turns, so that a slow spell of a shared machine hits them alike."""
+    def step(model: nn.Module) -> Callable[[], None]:
+        def infer() -> None:
+            with torch.inference_mode():
+                model(images)
+        return infer
+
+    seconds = time_interleaved({name: step(m) for name, m in models.items()}, images.device, rounds, min_seconds=0)
+    return {name: [len(images) / s for s in per_round] for name, per_round in seconds.items()}
+
+
+def format_speeds(speeds: dict[str, list[float]]) -> str:
+    """img/s (min and median) per model, and the median speed-up of the last model over the first."""
+    lines = [f"{name:>7}: {min(v):7.1f} img/s min, {statistics.median(v):7.1f} median over {len(v)} rounds"
+             for name, v in speeds.items()]
+    first, last = list(speeds.values())[0], list(speeds.values())[-1]
+    lines.append(f"speed-up (median): {statistics.median(last) / statistics.median(first):.2f}x")
+    return "\n".join(lines)
+
+
 def matmul_peak_gflops(device: torch.device, precision: str, size: int | None = None, repeats: int = 10) -> float:
     """The machine's matmul throughput in `precision` (best of a few square products; on a GPU
     large enough that one product outlasts the launch and the synchronisation). On the CPU the
@@ -244,6 +261,8 @@ def build_contenders(name: str, compare_timm: bool, img_size: int | None, device
 def max_output_difference(contenders: list[Contender], img_size: int, in_chans: int, device: torch.device,
                           precision: str = "fp32") -> float:
     """Largest |logit difference| between our model and timm's on one random batch."""
+    from ..training.engine import autocast
+
     if len(contenders) < 2:
         return 0.0
     x = torch.randn(2, in_chans, img_size, img_size, device=device)

@@ -7,11 +7,9 @@ itself; run the same command again to resume an interrupted study or to rebuild 
 from __future__ import annotations
 
 import argparse
-import logging
+import dataclasses
 import shlex
 from pathlib import Path
-
-log = logging.getLogger("crossvit")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,14 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-    import os
-
     from ..errors import CrossViTError
-    from ..training.distributed import threads_per_process
-    from ..training.trainer import config_of_run, train
-    from .ablation import budget_overrides, job_config, jobs, load_study, process_place, shard, study_names
-    from .ablation_report import run_finished, write_report
+    from ..studies.runner import run_study
+    from ..studies.specs import budget_overrides, load_study, study_names
 
     if args.list:
         for name in study_names():
@@ -61,33 +54,14 @@ def run(args: argparse.Namespace) -> int:
     command = " ".join(["crossvit ablate", shlex.quote(args.study), *(["--recipe", args.recipe] if args.recipe else []),
                         *(["--data", shlex.quote(args.data)] if args.data else []), "--budget", budget,
                         "--seeds", str(seeds), *map(shlex.quote, args.overrides)])
-    all_jobs = jobs(study, root, seeds)
-    configs = {job.output: job_config(study, job, budget, extra) for job in all_jobs}  # all checked before any run
 
-    rank, world, local_world = process_place()
-    if not args.report_only:
-        mine = shard(all_jobs, rank, world)
-        threads = threads_per_process()
-        for i, job in enumerate(mine, 1):
-            if run_finished(job.output):
-                continue
-            if (job.output / "config.yaml").is_file():  # started before: continue it as it was
-                config, state = config_of_run(job.output)
-            else:
-                config, state = configs[job.output], None
-                if local_world > 1 and not any(o.startswith("train.threads=") for o in extra):
-                    config.train.threads = threads  # the machine's cores shared among its processes
-            log.info("study %s, run %d/%d of this process: cell %s, seed %d -> %s", study.name, i, len(mine),
-                     job.cell.name, job.seed, job.output)
-            result = train(config, job.output, resume=state, alone=True)
-            if result.interrupted:
-                print(f"study stopped; run the same command again to continue: {command} --output {root}")
-                return 130
-    text = write_report(study, root, seeds, command)
-    print(text)
-    done = sum(run_finished(job.output) for job in all_jobs)
-    if done < len(all_jobs):  # under torchrun, the last process to finish writes the whole table
-        print(f"{done} of {len(all_jobs)} runs finished so far; the others are training in other processes or were "
-              "never started: the table is rewritten when they finish (or run the command again)")
+    outcome = run_study(study, root, seeds, budget, extra, command, train_runs=not args.report_only)
+    if outcome.interrupted:
+        print(f"study stopped; run the same command again to continue: {command} --output {root}")
+        return 130
+    print(outcome.report)
+    if outcome.finished < outcome.total:  # under torchrun, the last process to finish writes the whole table
+        print(f"{outcome.finished} of {outcome.total} runs finished so far; the others are training in other "
+              "processes or were never started: the table is rewritten when they finish (or run the command again)")
     print(f"study directory {root}: results.md, results.csv, accuracy_vs_macs.png, one run directory per cell and seed")
     return 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..model.checkpoint import read_checkpoint
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="describe a checkpoint: its layout, architecture and metadata")
@@ -16,6 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..model.checkpoint import read_checkpoint
+
     stored = read_checkpoint(args.checkpoint)
     info = {
         "file": stored.origin,

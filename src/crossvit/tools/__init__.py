@@ -1,1 +1,0 @@
-"""Tools built on the model: cost counting, the command line's tables and demos."""
