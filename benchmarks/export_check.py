@@ -1,6 +1,6 @@
 """ONNX export of full-size CrossViTs against the eager model (random weights).
 
-Each model is exported with `crossvit.export.export_onnx`, which runs the file in ONNX Runtime
+Each model is exported with `crossvit.deploy.export.export_onnx`, which runs the file in ONNX Runtime
 at batch 1 and 3 and returns the largest |logit difference| from PyTorch; the issue asks for at
 most 1e-4 in fp32. Covers the linear tokenizer, the dagger (three-convolution) tokenizer and
 the 240 -> 224 bicubic resize inside the model.

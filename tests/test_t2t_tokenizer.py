@@ -108,7 +108,7 @@ def test_mac_count_includes_the_t2t_attention():
 
 
 def test_t2t_tokenizer_exports_with_torch_export():
-    """The tokenizer alone, with a dynamic batch like crossvit.export; the whole model with t2t
+    """The tokenizer alone, with a dynamic batch like crossvit.deploy.export; the whole model with t2t
     exports too (to .pt2 and ONNX), which takes longer than this suite should."""
     torch.manual_seed(0)
     tokenizer = TokensToToken(8, 3, 16).eval()
