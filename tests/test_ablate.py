@@ -13,7 +13,7 @@ from crossvit import CrossViTError
 from crossvit.cli import main
 from crossvit.tools import ablation
 from crossvit.training import trainer
-from crossvit.training.config import load_config
+from crossvit.runconfig import load_config
 from crossvit.training.trainer import read_metrics
 from imagegen import make_folder_dataset
 from tinyrun import PLAIN, TINY

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from crossvit import CrossViTError
-from crossvit.training.config import RECIPES_DIR, load_config, save_config
+from crossvit.runconfig import RECIPES_DIR, load_config, save_config
 
 
 def test_overrides_change_dotted_keys():

@@ -12,7 +12,7 @@ import torch
 import crossvit
 from crossvit import CrossViTError
 from crossvit.cli import main
-from crossvit.training.config import load_config
+from crossvit.runconfig import load_config
 from crossvit.training.trainer import train
 
 from imagegen import make_folder_dataset

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 from ..errors import CrossViTError
 from ..model.registry import FASHION_MNIST_CLASSES, ModelMeta
-from ..training.config import AugSection, DataSection
+from ..runconfig import AugSection, DataSection
 from .fashion_mnist import FashionMNIST
 from .folders import BadSample, ImageFolder, find_classes
 from .in_memory import batchable, in_memory

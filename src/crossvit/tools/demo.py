@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.config import load_config
+    from ..runconfig import load_config
     from ..training.trainer import config_of_run, train
     from .eval_cmd import evaluate_checkpoint, format_report
 

@@ -50,7 +50,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
     from ..model.factory import create_model
     from ..quantize import is_quantized, load_quantized
     from ..training import distributed
-    from ..training.config import load_config
+    from ..runconfig import load_config
     from ..training.engine import evaluate
     from ..training.plots import plot_confusion
 

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..training.config import load_config, recipe_path
+from ..runconfig import load_config, recipe_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ from ..model.checkpoint import FORMAT_TAG
 from ..model.factory import create_model
 from ..model.fastpaths import cpu_support
 from . import distributed
-from .config import RunConfig, load_config, save_config
+from ..runconfig import RunConfig, load_config, save_config
 from .expectation import Expectation
 from .engine import EvalResult, LossDiverged, StepContext, compile_unavailable, evaluate, native_bf16, train_one_epoch
 from .plots import plot_curves

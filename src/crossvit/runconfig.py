@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from ..errors import CrossViTError, first_line
-from ..files import atomic_write
+from .errors import CrossViTError, first_line
+from .files import atomic_write
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"
+RECIPES_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
@@ -234,8 +234,8 @@ _SET_ELSEWHERE = {"num_classes": "the dataset's class count", "drop_path_rate": 
 
 def _check_model(m: ModelSection) -> None:
     """The model section as a whole, before any data is read: a known name, options that fit it."""
-    from ..model.config import apply_overrides  # here, not at the top: `crossvit --help` need not load torch
-    from ..model.registry import get_variant, list_models
+    from .model.config import apply_overrides  # here, not at the top: `crossvit --help` need not load torch
+    from .model.registry import get_variant, list_models
 
     if m.name is None:
         if m.checkpoint is None:
