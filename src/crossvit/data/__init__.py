@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from ..dataset_classes import FASHION_MNIST_CLASSES
 from ..errors import CrossViTError
-from ..model.registry import FASHION_MNIST_CLASSES, ModelMeta
+from ..model.registry import ModelMeta
 from ..runconfig import AugSection, DataSection
 from .fashion_mnist import FashionMNIST
 from .folders import BadSample, ImageFolder, find_classes
