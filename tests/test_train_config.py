@@ -73,7 +73,7 @@ def test_every_recipe_loads_and_says_how_to_run_it(recipe):
 
 def test_adamw_gets_the_configured_betas():
     import crossvit
-    from crossvit.training.trainer import build_optimizer
+    from crossvit.training.setup import build_optimizer
 
     model = crossvit.create_model("crossvit_micro_28", depth=(1, 1), num_encoders=1)
     optimizer = build_optimizer(model, load_config("fashion_mnist", ["optim.betas=[0.9, 0.95]"]), 128)

@@ -241,9 +241,9 @@ def test_compile_probe_names_a_missing_compiler(tmp_path, monkeypatch):
 
 
 def test_train_compile_falls_back_to_eager_where_compile_cannot_work(folder, tmp_path, monkeypatch, caplog):
-    from crossvit.training import trainer
+    from crossvit.training import setup
 
-    monkeypatch.setattr(trainer, "compile_unavailable", lambda device: "no C++ compiler found")
+    monkeypatch.setattr(setup, "compile_unavailable", lambda device: "no C++ compiler found")
     monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile called"))
     result = train(tiny_config(folder, *PLAIN, "epochs=1", "data.limit_train=16", "train.compile=true"), tmp_path / "run")
     assert result.final is not None
