@@ -161,11 +161,12 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps
         ctx.train_seconds += now - tick
         tick = now
         # One agreement per step: is every loss finite, does any process want a save, or to stop,
-        # and is the time budget spent (then this step is the last)?
+        # and is the time budget spent (then this step is the last)? Each is a count of processes.
         save, stop = requests()
-        flags = all_sum(torch.tensor([float(math.isfinite(loss_value)), float(save), float(stop),
-                                      float(ctx.budget_spent())], device=world.device), world).tolist()
-        if flags[0] < world.size:
+        finite, saving, stopping, spent = all_sum(torch.tensor(
+            [float(math.isfinite(loss_value)), float(save), float(stop), float(ctx.budget_spent())],
+            device=world.device), world).tolist()
+        if finite < world.size:
             ctx.optimizer.zero_grad(set_to_none=True)
             raise LossDiverged(f"the training loss became {loss_value} at epoch {epoch + 1}, step {step + 1}")
         if ctx.clip_grad:
@@ -185,8 +186,8 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps
         step += 1
         stats.steps += 1
         stats.seconds = now - start  # on_step reports img/s
-        reason = "signal" if flags[2] > 0 else "budget" if flags[3] > 0 else None
-        on_step(step, stats, reason == "signal" or bool(flags[1] > 0))
+        reason = "signal" if stopping > 0 else "budget" if spent > 0 else None
+        on_step(step, stats, reason == "signal" or saving > 0)
         if reason:
             return stats, reason
     stats.seconds = time.perf_counter() - start
