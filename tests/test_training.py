@@ -13,6 +13,7 @@ import crossvit
 from crossvit import CrossViTError
 from crossvit.cli import main
 from crossvit.runconfig import load_config
+from crossvit.training.setup import resolve
 from crossvit.training.trainer import train
 
 from imagegen import make_folder_dataset
@@ -36,7 +37,7 @@ def test_trains_writes_its_files_and_learns(folder, tmp_path):
     assert result.final.top1 > 80  # three colours: far above the 33% of chance
     assert len(result.final.branch_top1) == 2 and result.final.samples == 24
     # The resolved config is saved and rebuilds the same run config.
-    assert load_config(str(run / "config.yaml")) == tiny_config(folder, "epochs=4", *PLAIN)
+    assert load_config(str(run / "config.yaml")) == resolve(tiny_config(folder, "epochs=4", *PLAIN), torch.device("cpu"))
     # best.pth is a model checkpoint that rebuilds itself, with its class names.
     model = crossvit.create_model(checkpoint=run / "best.pth")
     assert model.meta.class_names == ("class_0", "class_1", "class_2")

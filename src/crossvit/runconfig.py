@@ -112,7 +112,7 @@ class DataSection:
     dataset: str = setting("fashion_mnist", choices=("fashion_mnist", "folder", "cifar10", "cifar100"))
     path: str | None = None  # None: the dataset's default place
     batch_size: int = setting(128, at_least=1)  # global: split over the processes, times accum_steps (imagenet.yaml: 4096 on 32 GPUs)
-    eval_batch_size: int | None = setting(None, at_least=1)  # global; None: twice batch_size (a run saves the number)
+    eval_batch_size: int | None = setting(None, at_least=1)  # global; None: twice batch_size (a run saves which)
     workers: int = setting(0, at_least=0)  # loader processes per training process (imagenet.yaml: 8)
     strict: bool = False  # an unreadable image stops the run instead of being skipped
     limit_train: int | None = setting(None, at_least=1)  # use only the first N (shuffled once) training images
@@ -140,6 +140,9 @@ class OptimSection:
     name: str = setting("adamw", choices=("adamw", "sgd"))
     lr: float = setting(5e-4, above=0)  # at a global batch of lr_base_batch, scaled linearly (0 base batch: absolute)
     lr_base_batch: int = setting(512, at_least=0)
+    # lr at this run's global batch: worked out by the run (a value given here is replaced) and saved
+    # in its config.yaml, so that the file tells the rate the optimizer used.
+    effective_lr: float | None = setting(None, above=0)
     weight_decay: float = setting(0.05, at_least=0)  # never on norms, biases, CLS tokens, position embeddings
     momentum: float = setting(0.9, at_least=0, check=_momentum_below_one)  # sgd only
     betas: tuple[float, float] = setting((0.9, 0.999), check=_betas)  # adamw only

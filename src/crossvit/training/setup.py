@@ -27,11 +27,14 @@ log = logging.getLogger("crossvit")
 
 
 def resolve(config: RunConfig, device: torch.device, announce: bool = True) -> RunConfig:
-    """A copy of `config` with what it leaves to the machine decided, as the run saves it:
-    train.precision=auto becomes bf16 where `device` runs it natively, else fp32; train.compile
-    is switched off where torch.compile cannot work. `announce`: log the choices."""
+    """A copy of `config` with what it leaves open decided, as the run saves it: the learning
+    rate scaled to the global batch (optim.effective_lr), the evaluation batch, and for this
+    machine train.precision=auto (bf16 where `device` runs it natively, else fp32) and
+    train.compile (off where torch.compile cannot work). `announce`: log the machine's choices."""
     resolved = copy.deepcopy(config)
-    train = resolved.train
+    data, optim, train = resolved.data, resolved.optim, resolved.train
+    optim.effective_lr = optim.lr * data.batch_size / optim.lr_base_batch if optim.lr_base_batch else optim.lr
+    data.eval_batch_size = data.eval_batch_size or 2 * data.batch_size
     if train.precision == "auto":
         train.precision = "bf16" if native_bf16(device) else "fp32"
         if announce:
@@ -65,17 +68,17 @@ def build_model(config: RunConfig, class_names: list[str], saved: TrainingState 
     return model
 
 
-def build_optimizer(model: nn.Module, config: RunConfig, global_batch: int) -> torch.optim.Optimizer:
-    """AdamW or SGD with the paper's linear learning-rate scaling; no weight decay on norms,
-    biases, CLS tokens and position embeddings (timm's grouping reads model.no_weight_decay)."""
+def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD at the resolved config's optim.effective_lr (the paper's linear scaling with
+    the batch); no weight decay on norms, biases, CLS tokens and position embeddings (timm's
+    grouping reads model.no_weight_decay)."""
     from timm.optim import create_optimizer_v2
 
     optim = config.optim
-    lr = optim.lr * global_batch / optim.lr_base_batch if optim.lr_base_batch else optim.lr
     kwargs: dict = {"momentum": optim.momentum} if optim.name == "sgd" else {"betas": optim.betas}
     # One fused kernel per step instead of a loop over the parameters: 7% of a small model's step on a CPU.
     kwargs["fused"] = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
-    return create_optimizer_v2(model, opt=optim.name, lr=lr, weight_decay=optim.weight_decay, **kwargs)
+    return create_optimizer_v2(model, opt=optim.name, lr=optim.effective_lr, weight_decay=optim.weight_decay, **kwargs)
 
 
 @dataclass
@@ -100,31 +103,32 @@ class RunParts:
 def build(config: RunConfig, world: World, saved: TrainingState | None) -> RunParts:
     """The parts of a run, checked against this machine. The model draws its initial weights
     first after seeding, so that the same seed starts from the same weights."""
-    data, optim = config.data, config.optim
+    batch, accum_steps = config.data.batch_size, config.optim.accum_steps
     torch.set_num_threads(config.train.threads or distributed.threads_per_process())
     datasets.seed_everything(config.seed)
-    if data.batch_size % (world.size * optim.accum_steps):
-        raise CrossViTError(f"data.batch_size={data.batch_size} must be divisible by processes x optim.accum_steps "
-                            f"= {world.size} x {optim.accum_steps}")
+    if batch % (world.size * accum_steps):
+        raise CrossViTError(f"data.batch_size={batch} must be divisible by processes x optim.accum_steps "
+                            f"= {world.size} x {accum_steps}")
     if config.train.precision == "fp16" and world.device.type != "cuda":
         raise CrossViTError("train.precision=fp16 needs a GPU; on a CPU use train.precision=bf16")
-    class_names = datasets.class_names(data)
+    class_names = datasets.class_names(config.data)
     model = build_model(config, class_names, saved)
     if config.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(world.device)
 
-    micro_batch = data.batch_size // (world.size * optim.accum_steps)
-    train_set = datasets.build_dataset(data, "train", model.meta, config.aug, config.seed)
-    val_set = datasets.build_dataset(data, "val", model.meta, None, config.seed)
+    micro_batch = batch // (world.size * accum_steps)
+    train_set = datasets.build_dataset(config.data, "train", model.meta, config.aug, config.seed)
+    val_set = datasets.build_dataset(config.data, "val", model.meta, None, config.seed)
     # Resolved once the data is known to be there, so that bad input stays one line, before the compile probe.
     config = resolve(config, world.device, announce=world.is_main)
+    data, optim = config.data, config.optim
     steps_per_epoch = len(datasets.train_loader(train_set, micro_batch, 0, world.rank, world.size, config.seed,
-                                                config.aug.repeated)) // optim.accum_steps
+                                                config.aug.repeated)) // accum_steps
     if steps_per_epoch == 0:
-        raise CrossViTError(f"the training split has {len(train_set)} images, fewer than one batch of {data.batch_size}; "
+        raise CrossViTError(f"the training split has {len(train_set)} images, fewer than one batch of {batch}; "
                             "lower data.batch_size")
-    optimizer = build_optimizer(model, config, data.batch_size)
+    optimizer = build_optimizer(model, config)
     from timm.scheduler import CosineLRScheduler
 
     scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps_per_epoch, lr_min=optim.min_lr,
@@ -137,9 +141,8 @@ def build(config: RunConfig, world: World, saved: TrainingState | None) -> RunPa
 
         ema = ModelEmaV3(model, decay=config.train.ema)
     mixup, criterion = _loss(config, len(class_names))
-    eval_batch = max(1, (data.eval_batch_size or 2 * data.batch_size) // world.size)
-    val_loader = datasets.eval_loader(val_set, eval_batch, data.workers, world.rank, world.size,
-                                      world.device.type == "cuda")
+    val_loader = datasets.eval_loader(val_set, max(1, data.eval_batch_size // world.size), data.workers, world.rank,
+                                      world.size, world.device.type == "cuda")
     return RunParts(config=config, class_names=class_names, model=model, train_set=train_set, val_loader=val_loader,
                     micro_batch=micro_batch, steps_per_epoch=steps_per_epoch, optimizer=optimizer, scheduler=scheduler,
                     scaler=scaler, ema=ema, mixup=mixup, criterion=criterion)
