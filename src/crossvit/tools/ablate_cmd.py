@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import CrossViTError
     from ..training.distributed import threads_per_process
-    from ..training.trainer import config_of_run, train
+    from ..training.trainer import start_or_resume, train
     from .ablation import budget_overrides, job_config, jobs, load_study, process_place, shard, study_names
     from .ablation_report import run_finished, write_report
 
@@ -71,15 +71,14 @@ def run(args: argparse.Namespace) -> int:
         for i, job in enumerate(mine, 1):
             if run_finished(job.output):
                 continue
-            if (job.output / "config.yaml").is_file():  # started before: continue it as it was
-                config, state = config_of_run(job.output)
-            else:
-                config, state = configs[job.output], None
-                if local_world > 1 and not any(o.startswith("train.threads=") for o in extra):
-                    config.train.threads = threads  # the machine's cores shared among its processes
+            config = configs[job.output]
+            if local_world > 1 and not any(o.startswith("train.threads=") for o in extra):
+                config.train.threads = threads  # the machine's cores shared among its processes
+            # A run started before continues as it was.
+            config, state = start_or_resume(job.output, config, resume="if_started")
             log.info("study %s, run %d/%d of this process: cell %s, seed %d -> %s", study.name, i, len(mine),
                      job.cell.name, job.seed, job.output)
-            result = train(config, job.output, resume=state, alone=True)
+            result = train(config, job.output, state, alone=True)
             if result.interrupted:
                 print(f"study stopped; run the same command again to continue: {command} --output {root}")
                 return 130

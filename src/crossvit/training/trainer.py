@@ -8,6 +8,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -67,19 +68,26 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def config_of_run(output: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, TrainingState | None]:
-    """The config a run in `output` was started with, with KEY=VALUE changes (e.g. more epochs),
-    and its last state, to pass on as `train(..., resume=state)` (read once). A run stopped before
-    its first checkpoint has no state (None) and starts again from its saved config.yaml."""
+def start_or_resume(output: str | Path, recipe: str | RunConfig, overrides: list[str] | None = None,
+                    resume: bool | Literal["if_started"] = False) -> tuple[RunConfig, TrainingState | None]:
+    """The config of the run to train into `output`, and the checkpoint it continues from (None:
+    it starts at its first step); pass both on to train(), which reads nothing again.
+
+    A new run (resume=False) takes `recipe` (a recipe's name or file with KEY=VALUE `overrides`,
+    or a RunConfig as it is). resume=True continues the run in `output` with `overrides` (e.g.
+    more epochs): from its last.pth, or, stopped before its first checkpoint, from its config.yaml.
+    resume="if_started" continues a run started there and starts one otherwise."""
     output = Path(output)
-    path = output / "last.pth"
-    if path.exists():  # load_state names what is wrong with anything there that is no checkpoint
-        state = load_state(path)
-        return load_config(data=state.run_config, overrides=overrides), state
-    if (output / "config.yaml").is_file():
-        log.info("no checkpoint in %s yet: starting the run again from its config.yaml", output)
-        return load_config(str(output / "config.yaml"), overrides), None
-    raise CrossViTError(f"nothing to resume in {output}: no last.pth there; start it without --resume")
+    last, saved_config = output / "last.pth", output / "config.yaml"
+    if resume is True or (resume == "if_started" and (last.exists() or saved_config.is_file())):
+        if last.exists():  # load_state names what is wrong with anything there that is no checkpoint
+            state = load_state(last)
+            return load_config(data=state.run_config, overrides=overrides), state
+        if saved_config.is_file():
+            log.info("no checkpoint in %s yet: starting the run again from its config.yaml", output)
+            return load_config(str(saved_config), overrides), None
+        raise CrossViTError(f"nothing to resume in {output}: no last.pth there; start it without --resume")
+    return (recipe if isinstance(recipe, RunConfig) else load_config(recipe, overrides)), None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -99,16 +107,15 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def train(config: RunConfig, output: str | Path, resume: bool | TrainingState | None = False,
-          alone: bool = False) -> RunResult:
-    """Run (or continue, with `resume`) the training that `config` describes, writing into `output`.
-    `resume` may be the state config_of_run already read. `alone`: this process trains by
+def train(config: RunConfig, output: str | Path, state: TrainingState | None = None, alone: bool = False) -> RunResult:
+    """Run the training that `config` describes, writing into `output`: a new run, or with `state`
+    (see start_or_resume) the continuation of the run there. `alone`: this process trains by
     itself even under torchrun (no DDP)."""
     output = Path(output)
     world = distributed.setup(config.train.device, join=not alone)
     try:
         with StopSignals() as signals:
-            return _train(config, output, resume, world, signals)
+            return _train(config, output, state, world, signals)
     except CrossViTError:
         raise
     except Exception as e:
@@ -124,17 +131,9 @@ def train(config: RunConfig, output: str | Path, resume: bool | TrainingState | 
         distributed.teardown()
 
 
-def _train(config: RunConfig, output: Path, resume: bool | TrainingState | None, world: distributed.World,
+def _train(config: RunConfig, output: Path, saved: TrainingState | None, world: distributed.World,
            signals: StopSignals) -> RunResult:
-    last_path = output / "last.pth"
-    saved = None
-    if isinstance(resume, TrainingState):
-        saved = resume
-    elif resume:
-        if not last_path.is_file():
-            raise CrossViTError(f"nothing to resume in {output}: no last.pth there; start it without --resume")
-        saved = load_state(last_path)
-    elif last_path.is_file():
+    if saved is None and (output / "last.pth").is_file():
         raise CrossViTError(f"{output} already holds a run (last.pth): pass --resume to continue it, "
                             "or choose another --output")
     if world.is_main and output.is_dir():
