@@ -1,4 +1,6 @@
-"""A training run from a RunConfig: model, data, optimisation, checkpoints, logs, resumption."""
+"""A training run: start_or_resume() picks the config and the checkpoint to continue, train()
+runs it. Run holds a run in progress and its steps: run_epoch() trains, end_epoch() evaluates,
+records, saves and plots; setup.py builds what it trains with, engine.py does the steps."""
 
 from __future__ import annotations
 
@@ -239,10 +241,9 @@ class Run:
         """The progress bar, the time-limit forecast, and a mid-epoch checkpoint when asked."""
         self.progress.step_in_epoch = step
         bar.update(1)
-        images_per_second = stats.samples * self.world.size / max(stats.seconds, 1e-9)
         if step % self.config.train.log_every == 0 or step == self.parts.steps_per_epoch:
             bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{self.parts.optimizer.param_groups[0]['lr']:.2e}",
-                            img_s=f"{images_per_second:.0f}")
+                            img_s=f"{self._images_per_second(stats):.0f}")
         if self.expectation and (forecast := self.expectation.forecast(stats.samples * self.world.size, stats.seconds,
                                                                         self.machine)):
             tqdm.write(forecast)
@@ -250,13 +251,16 @@ class Run:
             self.save(self.last_path)
             self.last_save = time.monotonic()
 
+    def _images_per_second(self, stats: EpochStats) -> float:
+        return stats.samples * self.world.size / max(stats.seconds, 1e-9)
+
     def end_epoch(self, stats: EpochStats, stopped_by: str | None) -> None:
         """Record the epoch, evaluate when due, save best.pth (if better) and last.pth, plot, print its line."""
         config, world = self.config, self.world
         epoch_images = self.parts.steps_per_epoch * config.data.batch_size
         record = {"epoch": self.progress.epoch + 1, "train_loss": stats.loss,
                   "lr": self.parts.optimizer.param_groups[0]["lr"],
-                  "img_per_s": stats.samples * world.size / max(stats.seconds, 1e-9),
+                  "img_per_s": self._images_per_second(stats),
                   "epoch_seconds": stats.seconds, "elapsed_seconds": time.perf_counter() - self.started,
                   "train_seconds": self.step.train_seconds}
         if stopped_by == "budget":  # the last, partial epoch
