@@ -120,7 +120,7 @@ def build(config: RunConfig, world: World, saved: TrainingState | None) -> RunPa
     micro_batch = batch // (world.size * accum_steps)
     train_set = datasets.build_dataset(config.data, "train", model.meta, config.aug, config.seed)
     val_set = datasets.build_dataset(config.data, "val", model.meta, None, config.seed)
-    # Resolved once the data is known to be there, so that bad input stays one line, before the compile probe.
+    # Resolved once the data is known to be there: a missing dataset is said before the compile probe's seconds.
     config = resolve(config, world.device, announce=world.is_main)
     data, optim = config.data, config.optim
     steps_per_epoch = len(datasets.train_loader(train_set, micro_batch, 0, world.rank, world.size, config.seed,
