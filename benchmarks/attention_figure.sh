@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from crossvit.data.fashion_mnist import FashionMNIST
-from crossvit.model.registry import FASHION_MNIST_CLASSES
+from crossvit.dataset_classes import FASHION_MNIST_CLASSES
 
 index, folder = int(sys.argv[1]), Path(sys.argv[2])
 test = FashionMNIST(None, "val")

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import crossvit
-from crossvit.training.config import load_config
+from crossvit.runconfig import load_config
 from crossvit.training.engine import autocast
 from crossvit.training.trainer import train
 

@@ -7,13 +7,15 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 import crossvit
 from crossvit import CrossViTError
 from crossvit.cli import main
 from crossvit.studies import specs
 from crossvit.training import trainer
-from crossvit.training.config import load_config
+from crossvit.training.setup import resolve
+from crossvit.runconfig import load_config
 from crossvit.training.trainer import read_metrics
 from imagegen import make_folder_dataset
 from tinyrun import PLAIN, TINY
@@ -30,12 +32,13 @@ def test_every_study_cell_builds_its_model(name, tmp_path):
 
 
 def test_studies_resolve_the_configuration_they_were_measured_with():
-    # The config.yaml of a run the fusion study made: the demo recipe moving on must not move the studies.
+    # The config.yaml of a run the fusion study made (data.eval_batch_size and optim.effective_lr filled in
+    # since, as runs now save them): the demo recipe moving on must not move the studies.
     measured = load_config(str(Path(__file__).parent / "golden" / "study_fusion_cross_attention_seed0.yaml"))
     study = specs.load_study("fusion")
     job = next(j for j in specs.jobs(study, Path("unused"), seeds=1) if j.cell.name == "cross_attention")
     as_run = ["data.path=/usr/share/datasets/fashion-mnist", "train.precision=bf16", "train.threads=1"]  # chosen there
-    assert specs.job_config(study, job, study.budget, as_run) == measured
+    assert resolve(specs.job_config(study, job, study.budget, as_run), torch.device("cpu")) == measured
 
 
 def test_the_vs_vit_cells_cost_the_same():

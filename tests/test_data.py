@@ -14,7 +14,7 @@ from crossvit import data as D
 from crossvit.data.fashion_mnist import DEFAULT_ROOT, FashionMNIST
 from crossvit.data.in_memory import InMemoryImages
 from crossvit.data.images import load_image
-from crossvit.training.config import load_config
+from crossvit.runconfig import load_config
 
 from imagegen import make_fashion_mnist
 

@@ -1,11 +1,13 @@
 """Recipes and KEY=VALUE overrides: every mistake is one line naming the key."""
 
+import copy
 import re
 
 import pytest
+import torch
 
 from crossvit import CrossViTError
-from crossvit.training.config import RECIPES_DIR, load_config, save_config
+from crossvit.runconfig import RECIPES_DIR, load_config, save_config
 
 
 def test_overrides_change_dotted_keys():
@@ -73,8 +75,26 @@ def test_every_recipe_loads_and_says_how_to_run_it(recipe):
 
 def test_adamw_gets_the_configured_betas():
     import crossvit
-    from crossvit.training.trainer import build_optimizer
+    from crossvit.training.setup import build_optimizer, resolve
 
     model = crossvit.create_model("crossvit_micro_28", depth=(1, 1), num_encoders=1)
-    optimizer = build_optimizer(model, load_config("fashion_mnist", ["optim.betas=[0.9, 0.95]"]), 128)
+    config = resolve(load_config("fashion_mnist", ["optim.betas=[0.9, 0.95]"]), torch.device("cpu"))
+    optimizer = build_optimizer(model, config)
     assert {group["betas"] for group in optimizer.param_groups} == {(0.9, 0.95)}
+
+
+def test_resolve_decides_what_the_config_leaves_open_in_a_copy(tmp_path):
+    """The lr scaled to the batch, the evaluation batch and precision=auto, saved as decided and
+    read back as they are; the caller's config stays as it was."""
+    from crossvit.training.setup import resolve
+
+    config = load_config("imagenet", ["data.batch_size=1024", "train.precision=auto"])
+    before = copy.deepcopy(config)
+    resolved = resolve(config, torch.device("cpu"))
+    assert config == before
+    assert resolved.optim.effective_lr == pytest.approx(5e-4 * 1024 / 512) and resolved.data.eval_batch_size == 2048
+    assert resolved.train.precision in ("bf16", "fp32")
+    save_config(resolved, tmp_path / "config.yaml")
+    assert load_config(str(tmp_path / "config.yaml")) == resolved
+    absolute = resolve(load_config("fashion_mnist", ["data.eval_batch_size=100"]), torch.device("cpu"))
+    assert (absolute.optim.effective_lr, absolute.data.eval_batch_size) == (1e-3, 100)  # lr_base_batch: 0

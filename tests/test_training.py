@@ -12,8 +12,10 @@ import torch
 import crossvit
 from crossvit import CrossViTError
 from crossvit.cli import main
-from crossvit.training.config import load_config
-from crossvit.training.trainer import train
+from crossvit.runconfig import load_config, save_config
+from crossvit.training.setup import resolve
+from crossvit.training.state import load_state
+from crossvit.training.trainer import start_or_resume, train
 
 from imagegen import make_folder_dataset
 from tinyrun import PLAIN, TINY, assert_same_weights, tiny_config, weights
@@ -36,7 +38,7 @@ def test_trains_writes_its_files_and_learns(folder, tmp_path):
     assert result.final.top1 > 80  # three colours: far above the 33% of chance
     assert len(result.final.branch_top1) == 2 and result.final.samples == 24
     # The resolved config is saved and rebuilds the same run config.
-    assert load_config(str(run / "config.yaml")) == tiny_config(folder, "epochs=4", *PLAIN)
+    assert load_config(str(run / "config.yaml")) == resolve(tiny_config(folder, "epochs=4", *PLAIN), torch.device("cpu"))
     # best.pth is a model checkpoint that rebuilds itself, with its class names.
     model = crossvit.create_model(checkpoint=run / "best.pth")
     assert model.meta.class_names == ("class_0", "class_1", "class_2")
@@ -89,8 +91,31 @@ def test_resume_after_an_interruption_gives_the_uninterruptedweights(folder, tmp
     assert stopped.interrupted
     progress = torch.load(tmp_path / "resumed" / "last.pth", weights_only=True)["progress"]
     assert (progress["epoch"], progress["step_in_epoch"]) == (1, 1)
-    train(config, tmp_path / "resumed", resume=True)
+    train(config, tmp_path / "resumed", load_state(tmp_path / "resumed" / "last.pth"))
     assert_same_weights(tmp_path / "straight" / "last.pth", tmp_path / "resumed" / "last.pth")
+
+
+def test_start_or_resume_picks_the_config_and_state_the_commands_train_with(folder, tmp_path):
+    """A new run takes its recipe; a started one continues from its last.pth, or from its
+    config.yaml when it stopped before its first checkpoint, with the overrides given."""
+    run = tmp_path / "run"
+    tiny = tiny_config(folder, *PLAIN, "epochs=1")
+    config, state = start_or_resume(run, "small_folder", [f"data.path={folder}"])
+    assert state is None and config == load_config("small_folder", [f"data.path={folder}"])
+    with pytest.raises(CrossViTError, match="nothing to resume"):
+        start_or_resume(run, "small_folder", resume=True)
+    assert start_or_resume(run, tiny, resume="if_started") == (tiny, None)
+
+    run.mkdir()
+    save_config(resolve(tiny, torch.device("cpu")), run / "config.yaml")  # as a run killed early leaves it
+    config, state = start_or_resume(run, "small_folder", ["epochs=3"], resume="if_started")
+    assert state is None and config.epochs == 3 and config.data.path == str(folder)
+
+    train(tiny, run)
+    config, state = start_or_resume(run, "small_folder", ["epochs=2"], resume=True)
+    assert state.progress.epoch == 1 and config.epochs == 2 and config.data.path == str(folder)
+    with pytest.raises(CrossViTError, match="already holds a run"):
+        train(tiny, run)  # a new run, where one is
 
 
 def test_a_time_limit_ends_the_run_and_its_schedule_on_the_clock(folder, tmp_path, monkeypatch):
@@ -120,7 +145,7 @@ def test_a_time_limit_ends_the_run_and_its_schedule_on_the_clock(folder, tmp_pat
     assert metrics[1]["lr"] == pytest.approx(lr_min)
     assert "val_top1" in metrics[1]  # the partial last epoch is evaluated
     before = weights(tmp_path / "run" / "last.pth")
-    again = train(config, tmp_path / "run", resume=True)
+    again = train(config, tmp_path / "run", load_state(tmp_path / "run" / "last.pth"))
     assert again.epochs_done == 2
     after = weights(tmp_path / "run" / "last.pth")
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -241,9 +266,9 @@ def test_compile_probe_names_a_missing_compiler(tmp_path, monkeypatch):
 
 
 def test_train_compile_falls_back_to_eager_where_compile_cannot_work(folder, tmp_path, monkeypatch, caplog):
-    from crossvit.training import trainer
+    from crossvit.training import setup
 
-    monkeypatch.setattr(trainer, "compile_unavailable", lambda device: "no C++ compiler found")
+    monkeypatch.setattr(setup, "compile_unavailable", lambda device: "no C++ compiler found")
     monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile called"))
     result = train(tiny_config(folder, *PLAIN, "epochs=1", "data.limit_train=16", "train.compile=true"), tmp_path / "run")
     assert result.final is not None

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import crossvit
-from crossvit.training.config import RunConfig, load_config
+from crossvit.runconfig import RunConfig, load_config
 
 TINY = ["model.name=crossvit_micro_32", "model.drop_path_rate=0",
         "model.options={dim: [32, 64], num_heads: [2, 2], depth: [1, 1], num_encoders: 2, mlp_ratio: 2}"]

@@ -173,7 +173,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
     """
     from . import data as datasets
     from .training import distributed
-    from .training.config import load_config
+    from .runconfig import load_config
     from .training.engine import evaluate
     from .training.plots import plot_confusion
 

@@ -19,7 +19,7 @@ import torch
 
 import crossvit
 from crossvit.cli import main
-from crossvit.training.config import load_config
+from crossvit.runconfig import load_config
 
 from imagegen import make_folder_dataset
 from tinyrun import PLAIN, tiny_args, one_thread  # noqa: F401 (an autouse fixture)
@@ -175,7 +175,7 @@ RECIPE_FILES = {
 @pytest.mark.parametrize("name", RECIPE_FILES)
 def test_broken_recipe_file_is_one_line_naming_it(name, data, tmp_path, capsys, caplog):
     """A recipe file that is not YAML, not a mapping, names a missing base, or holds an unknown key."""
-    from crossvit.training.config import RECIPES_DIR
+    from crossvit.runconfig import RECIPES_DIR
 
     text, message = RECIPE_FILES[name]
     path = tmp_path / name
@@ -187,7 +187,7 @@ def test_broken_recipe_file_is_one_line_naming_it(name, data, tmp_path, capsys, 
 
 def test_a_recipe_path_that_does_not_exist_lists_the_recipes(tmp_path, capsys, caplog):
     """A recipe given as a path that is not there: one line naming it and the recipes there are."""
-    from crossvit.training.config import RECIPES_DIR
+    from crossvit.runconfig import RECIPES_DIR
 
     missing = tmp_path / "recipes" / "mine.yaml"
     code, lines = run_cli(["train", missing, "--output", tmp_path / "run"], capsys, caplog)

@@ -16,20 +16,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..inference import evaluate_checkpoint, format_report
-    from ..training.config import load_config
-    from ..training.trainer import config_of_run, train
+    from ..training.trainer import start_or_resume, train
 
     output = Path(args.output)
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
-    resume: bool | dict = False
-    if (output / "last.pth").is_file():  # an interrupted or finished demo continues
-        config, resume = config_of_run(output, overrides)
-    else:
-        config = load_config("fashion_mnist", overrides)
+    # An interrupted or finished demo continues.
+    config, state = start_or_resume(output, "fashion_mnist", overrides, resume="if_started")
     length = (f"{config.train.time_limit:g} minutes (at most {config.epochs} epochs)" if config.train.time_limit
               else f"{config.epochs} epochs")
-    print(f"training {config.model.name} on Fashion-MNIST for {length} into {output}" + (" (continuing)" if resume else ""))
-    result = train(config, output, resume=resume)
+    print(f"training {config.model.name} on Fashion-MNIST for {length} into {output}" + (" (continuing)" if state else ""))
+    result = train(config, output, state)
     if result.interrupted:
         print(f"stopped; `crossvit demo --output {output}` continues where it stopped")
         return 130

@@ -23,20 +23,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import CrossViTError
-    from ..training.config import load_config, recipe_path
-    from ..training.trainer import config_of_run, train
+    from ..runconfig import recipe_path
+    from ..training.trainer import start_or_resume, train
 
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
-    if args.resume:
-        if not args.output:
-            raise CrossViTError("--resume needs --output DIR, the run to continue")
-        config, resume = config_of_run(args.output, overrides)
-        output = Path(args.output)
-    else:
-        resume = False
-        config = load_config(args.recipe, overrides)
-        output = Path(args.output or f"runs/{recipe_path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    result = train(config, output, resume=resume)
+    if args.resume and not args.output:
+        raise CrossViTError("--resume needs --output DIR, the run to continue")
+    output = Path(args.output or f"runs/{recipe_path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    config, state = start_or_resume(output, args.recipe, overrides, resume=args.resume)
+    result = train(config, output, state)
     if not result.main_process:
         return 130 if result.interrupted else 0
     if result.interrupted:

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from ..dataset_classes import FASHION_MNIST_CLASSES
 from ..errors import CrossViTError
-from ..model.registry import FASHION_MNIST_CLASSES, ModelMeta
-from ..training.config import AugSection, DataSection
+from ..model.registry import ModelMeta
+from ..runconfig import AugSection, DataSection
 from .fashion_mnist import FashionMNIST
 from .folders import BadSample, ImageFolder, find_classes
 from .in_memory import batchable, in_memory

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..model.registry import ModelMeta
-from ..training.config import AugSection
+from ..runconfig import AugSection
 
 
 class InMemoryImages(Dataset):

@@ -13,7 +13,7 @@ from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
 from ..model.registry import ModelMeta
-from ..training.config import AugSection
+from ..runconfig import AugSection
 
 
 def train_transform(meta: ModelMeta, aug: AugSection):

@@ -8,6 +8,7 @@ import difflib
 import fnmatch
 from dataclasses import dataclass
 
+from ..dataset_classes import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 from ..errors import CrossViTError
 from .config import BranchConfig, CrossViTConfig
 
@@ -132,10 +133,6 @@ def _small(name: str, size: int, in_chans: int, patches: tuple[int, int], mean: 
                      mean=mean, std=std, class_names=class_names)
     register(config, meta)
 
-
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # Fashion-MNIST statistics over its 60k training images; CIFAR-10's over its 50k.
 _small("crossvit_micro_28", 28, 1, (4, 14), (0.2860,), (0.3530,), FASHION_MNIST_CLASSES)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import atomic_write
-from ..training.config import load_config
+from ..runconfig import load_config
 from ..training.trainer import read_metrics
 from .specs import Cell, Study
 

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..training.config import RunConfig
+from ..runconfig import RunConfig
 from .report import run_finished, write_report
 from .specs import Job, Study, job_config, jobs, process_place, shard
 
@@ -39,7 +39,7 @@ def run_study(study: Study, root: Path, seeds: int, budget: str, extra: list[str
 def _train_share(study: Study, all_jobs: list[Job], configs: dict[Path, RunConfig], extra: list[str]) -> bool:
     """Train this process's unfinished runs; whether one of them was interrupted."""
     from ..training.distributed import threads_per_process
-    from ..training.trainer import config_of_run, train
+    from ..training.trainer import start_or_resume, train
 
     rank, world, local_world = process_place()
     mine = shard(all_jobs, rank, world)
@@ -47,14 +47,13 @@ def _train_share(study: Study, all_jobs: list[Job], configs: dict[Path, RunConfi
     for i, job in enumerate(mine, 1):
         if run_finished(job.output):
             continue
-        if (job.output / "config.yaml").is_file():  # started before: continue it as it was
-            config, state = config_of_run(job.output)
-        else:
-            config, state = configs[job.output], None
-            if local_world > 1 and not any(o.startswith("train.threads=") for o in extra):
-                config.train.threads = threads  # the machine's cores shared among its processes
+        config = configs[job.output]
+        if local_world > 1 and not any(o.startswith("train.threads=") for o in extra):
+            config.train.threads = threads  # the machine's cores shared among its processes
+        # a run started before continues as it was
+        config, state = start_or_resume(job.output, config, resume="if_started")
         log.info("study %s, run %d/%d of this process: cell %s, seed %d -> %s", study.name, i, len(mine),
                  job.cell.name, job.seed, job.output)
-        if train(config, job.output, resume=state, alone=True).interrupted:
+        if train(config, job.output, state, alone=True).interrupted:
             return True
     return False

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import CrossViTError
-from ..training.config import RECIPES_DIR, RunConfig, load_config, named_yaml
+from ..runconfig import RECIPES_DIR, RunConfig, load_config, named_yaml
 
 STUDIES_DIR = RECIPES_DIR / "studies"
 STUDY_KEYS = ("title", "recipe", "budget", "seeds", "overrides", "paper", "cells")

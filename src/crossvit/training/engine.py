@@ -120,8 +120,8 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps
     stats, save)` runs then. Raises LossDiverged, before applying the step, when any process's
     loss is not finite.
     """
-    model, world = ctx.model, ctx.world
-    model.train()
+    world = ctx.world
+    ctx.model.train()
     stats = EpochStats()
     start = tick = time.perf_counter()
     step = first_step
@@ -140,57 +140,70 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, first_step: int, steps
         if ctx.mixup is not None and len(images) > 1:
             images, targets = images[: len(images) // 2 * 2], targets[: len(targets) // 2 * 2]
             images, targets = ctx.mixup(images, targets)
-        boundary = micro == ctx.accum_steps - 1
-        sync = model.no_sync() if (world.distributed and not boundary and hasattr(model, "no_sync")) else contextlib.nullcontext()
-        with sync:
-            if len(images):
-                with autocast(world.device, ctx.precision):
-                    loss = ctx.criterion(model(images), targets)
-            else:  # every image of the batch was unreadable
-                loss = sum(p.sum() * 0 for p in model.parameters() if p.requires_grad)
-            scaled = loss / ctx.accum_steps
-            (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
-        loss_value = loss.item()  # one device sync per micro-batch
+        last_micro_batch = micro == ctx.accum_steps - 1
+        loss_value = _forward_backward(ctx, images, targets, last_micro_batch).item()  # one device sync per micro-batch
         stats.loss_sum += loss_value * len(images)
         stats.samples += len(images)
         micro += 1
-        if not boundary:
+        if not last_micro_batch:
             continue
         micro = 0
         now = time.perf_counter()
         ctx.train_seconds += now - tick
         tick = now
         # One agreement per step: is every loss finite, does any process want a save, or to stop,
-        # and is the time budget spent (then this step is the last)?
+        # and is the time budget spent (then this step is the last)? Each is a count of processes.
         save, stop = requests()
-        flags = all_sum(torch.tensor([float(math.isfinite(loss_value)), float(save), float(stop),
-                                      float(ctx.budget_spent())], device=world.device), world).tolist()
-        if flags[0] < world.size:
+        finite, saving, stopping, spent = all_sum(torch.tensor(
+            [float(math.isfinite(loss_value)), float(save), float(stop), float(ctx.budget_spent())],
+            device=world.device), world).tolist()
+        if finite < world.size:
             ctx.optimizer.zero_grad(set_to_none=True)
             raise LossDiverged(f"the training loss became {loss_value} at epoch {epoch + 1}, step {step + 1}")
-        if ctx.clip_grad:
-            if ctx.scaler:
-                ctx.scaler.unscale_(ctx.optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad)
-        if ctx.scaler:
-            ctx.scaler.step(ctx.optimizer)
-            ctx.scaler.update()
-        else:
-            ctx.optimizer.step()
-        ctx.optimizer.zero_grad(set_to_none=True)
-        global_step = epoch * steps_per_epoch + step + 1
-        ctx.scheduler.step_update(ctx.schedule_position(global_step))
-        if ctx.ema is not None:
-            ctx.ema.update(model, step=global_step)
+        _apply_step(ctx, global_step=epoch * steps_per_epoch + step + 1)
         step += 1
         stats.steps += 1
         stats.seconds = now - start  # on_step reports img/s
-        reason = "signal" if flags[2] > 0 else "budget" if flags[3] > 0 else None
-        on_step(step, stats, reason == "signal" or bool(flags[1] > 0))
+        reason = "signal" if stopping > 0 else "budget" if spent > 0 else None
+        on_step(step, stats, reason == "signal" or saving > 0)
         if reason:
             return stats, reason
     stats.seconds = time.perf_counter() - start
     return stats, None
+
+
+def _forward_backward(ctx: StepContext, images: torch.Tensor, targets: torch.Tensor, last_micro_batch: bool) -> torch.Tensor:
+    """One micro-batch's loss, its gradient added to the parameters'. Under DDP the processes
+    exchange gradients on the step's last micro-batch only."""
+    model, world = ctx.model, ctx.world
+    exchange = last_micro_batch or not world.distributed or not hasattr(model, "no_sync")
+    with contextlib.nullcontext() if exchange else model.no_sync():
+        if len(images):
+            with autocast(world.device, ctx.precision):
+                loss = ctx.criterion(model(images), targets)
+        else:  # every image of the batch was unreadable
+            loss = sum(p.sum() * 0 for p in model.parameters() if p.requires_grad)
+        scaled = loss / ctx.accum_steps
+        (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
+    return loss
+
+
+def _apply_step(ctx: StepContext, global_step: int) -> None:
+    """The optimizer step on the accumulated gradients (clipped if asked; through the loss scaler
+    in fp16), then the learning rate and the EMA at `global_step`."""
+    if ctx.clip_grad:
+        if ctx.scaler:
+            ctx.scaler.unscale_(ctx.optimizer)
+        nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.clip_grad)
+    if ctx.scaler:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scheduler.step_update(ctx.schedule_position(global_step))
+    if ctx.ema is not None:
+        ctx.ema.update(ctx.model, step=global_step)
 
 
 @dataclass

@@ -12,92 +12,172 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import CrossViTError, first_line
-from ..files import atomic_write
+from .errors import CrossViTError, first_line
+from .files import atomic_write
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"
+RECIPES_DIR = Path(__file__).resolve().parent / "configs"
 
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+            choices: tuple[str, ...] = (), at_least: float | None = None, above: float | None = None,
+            fraction: bool = False, check: Callable[[str, Any, Any], Any] | None = None) -> Any:
+    """A config field with its valid values beside it: `choices`; a lower bound that may be reached
+    (`at_least`) or not (`above`); `fraction`: between 0 and 1; `check(key, given, value)` for the
+    rest, which returns the value to keep. A value left null passes the bounds."""
+    rules = {"choices": choices, "at_least": at_least, "above": above, "fraction": fraction, "check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+def _momentum_below_one(key: str, given: Any, value: float) -> float:
+    if value >= 1:
+        raise CrossViTError(f"{key}={given!r} must be below 1, e.g. 0.9")
+    return value
+
+
+def _betas(key: str, given: Any, value: tuple[float, float]) -> tuple[float, float]:
+    if not all(0 <= b < 1 for b in value):
+        raise CrossViTError(f"{key}={given!r}: each beta must be at least 0 and below 1, e.g. [0.9, 0.999]")
+    return value
+
+
+def _crop_scale(key: str, given: Any, value: tuple[float, float]) -> tuple[float, float]:
+    if not 0 < value[0] <= value[1] <= 1:
+        raise CrossViTError(f"{key}={given!r}: the smallest and largest share of the image a crop keeps, "
+                            "0 < min <= max <= 1, e.g. [0.08, 1.0]")
+    return value
+
+
+def _randaugment(key: str, given: Any, spec: str | None) -> str | None:
+    """timm parses the spec only when the dataset is built, and fails with a bare AssertionError."""
+    if spec is None:
+        return None
+    from timm.data.auto_augment import rand_augment_transform
+
+    try:
+        rand_augment_transform(spec, {"translate_const": 10, "img_mean": (124, 116, 104)})
+    except Exception as e:
+        detail = f": {str(e).splitlines()[0]}" if str(e).strip() else ""
+        raise CrossViTError(f"{key}={spec!r} is not a RandAugment spec that timm reads{detail}; "
+                            "e.g. rand-m9-mstd0.5-inc1 (or null for none)") from None
+    return spec
+
+
+def _top1_curve(key: str, given: Any, curve: dict) -> dict[float, float]:
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and e > 0 and 0 <= v <= 100
+               for e, v in ((_number(e), v) for e, v in curve.items())):
+        raise CrossViTError(f"{key}={given!r} maps epochs reached to a top-1 in percent, e.g. {{3.5: 88.9, 10: 90.8}}")
+    return {float(e): float(v) for e, v in curve.items()}
+
+
+def _number(value: Any) -> float:
+    """A mapping key read as a number (YAML keeps 3.5 a float, but "3.5" a string); -1 if none."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return -1.0
+
+
+# Defaults: what a recipe leaves out. The augmentation and optimisation sections default to the
+# paper's training method (DeiT's augmentation; AdamW with warm-up and cosine decay), which
+# configs/imagenet.yaml spells out; the model, data and length default to the smallest run that
+# works anywhere (crossvit_micro_28 on Fashion-MNIST, fp32, loading in-process). The shipped
+# recipes set their model, data, augmentation and learning rate and take the rest from here.
+# Where a default differs from imagenet.yaml, the field's comment gives the recipe's value.
 
 @dataclass
 class ModelSection:
     name: str | None = "crossvit_micro_28"  # None: rebuild from `checkpoint` (one of ours)
     pretrained: bool = False  # the published ImageNet weights
     checkpoint: str | None = None  # start from these weights (ours, the authors' or timm's)
-    img_size: int | None = None  # None: the variant's own
-    drop_path_rate: float = 0.1
+    img_size: int | None = setting(None, at_least=1)  # None: the variant's own
+    # Stochastic depth while training: the paper's 0.1. The architecture's own default
+    # (CrossViTConfig.drop_path_rate) is 0.0, so that a model built outside a run, for inference
+    # or a script's fine-tuning, has none unless asked; a run trains with the paper's rate.
+    drop_path_rate: float = setting(0.1, at_least=0, fraction=True)
     freeze_backbone: bool = False  # train the heads only (a linear probe)
-    options: dict[str, Any] = field(default_factory=dict)  # any create_model option: fusion, depth, ...
+    options: dict[str, Any] = setting(factory=dict)  # any create_model option: fusion, depth, ...
 
 
 @dataclass
 class DataSection:
-    dataset: str = "fashion_mnist"  # fashion_mnist | folder | cifar10 | cifar100
+    dataset: str = setting("fashion_mnist", choices=("fashion_mnist", "folder", "cifar10", "cifar100"))
     path: str | None = None  # None: the dataset's default place
-    batch_size: int = 128  # global: split over the processes, times accum_steps
-    eval_batch_size: int | None = None  # None: twice batch_size
-    workers: int = 0  # loader processes per training process
+    batch_size: int = setting(128, at_least=1)  # global: split over the processes, times accum_steps (imagenet.yaml: 4096 on 32 GPUs)
+    eval_batch_size: int | None = setting(None, at_least=1)  # global; None: twice batch_size (a run saves which)
+    workers: int = setting(0, at_least=0)  # loader processes per training process (imagenet.yaml: 8)
     strict: bool = False  # an unreadable image stops the run instead of being skipped
-    limit_train: int | None = None  # use only the first N (shuffled once) training images
-    limit_val: int | None = None
+    limit_train: int | None = setting(None, at_least=1)  # use only the first N (shuffled once) training images
+    limit_val: int | None = setting(None, at_least=1)
 
 
 @dataclass
 class AugSection:
-    crop: str = "rrc"  # rrc: random resized crop (the paper's) | pad: pad-and-crop for tiny images | none
-    scale: tuple[float, float] = (0.08, 1.0)  # rrc area range
-    hflip: float = 0.5
-    randaugment: str | None = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec
-    random_erasing: float = 0.25
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_switch_prob: float = 0.5
-    smoothing: float = 0.1
-    repeated: int = 1  # repeated augmentation: each image this many times per epoch (3 for CrossViT-18)
+    # rrc: random resized crop (the paper's) | pad: pad-and-crop for tiny images | none
+    crop: str = setting("rrc", choices=("rrc", "pad", "none"))
+    scale: tuple[float, float] = setting((0.08, 1.0), check=_crop_scale)  # rrc area range
+    hflip: float = setting(0.5, fraction=True)
+    randaugment: str | None = setting("rand-m9-mstd0.5-inc1", check=_randaugment)  # timm's RandAugment spec
+    random_erasing: float = setting(0.25, fraction=True)
+    mixup: float = setting(0.8, at_least=0)  # a Beta distribution's alpha, not a probability
+    cutmix: float = setting(1.0, at_least=0)
+    mixup_switch_prob: float = setting(0.5, fraction=True)
+    smoothing: float = setting(0.1, fraction=True)
+    # Repeated augmentation: each image this many times per epoch (3 for CrossViT-18)
+    repeated: int = setting(1, at_least=1)
 
 
 @dataclass
 class OptimSection:
-    name: str = "adamw"  # adamw | sgd
-    lr: float = 5e-4  # at a global batch of lr_base_batch, scaled linearly (0 base batch: absolute)
-    lr_base_batch: int = 512
-    weight_decay: float = 0.05  # never on norms, biases, CLS tokens, position embeddings
-    momentum: float = 0.9  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adamw only
-    clip_grad: float | None = None  # max gradient norm
-    accum_steps: int = 1
-    warmup_epochs: float = 5.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
+    name: str = setting("adamw", choices=("adamw", "sgd"))
+    lr: float = setting(5e-4, above=0)  # at a global batch of lr_base_batch, scaled linearly (0 base batch: absolute)
+    lr_base_batch: int = setting(512, at_least=0)
+    # lr at this run's global batch: worked out by the run (a value given here is replaced) and saved
+    # in its config.yaml, so that the file tells the rate the optimizer used.
+    effective_lr: float | None = setting(None, above=0)
+    weight_decay: float = setting(0.05, at_least=0)  # never on norms, biases, CLS tokens, position embeddings
+    momentum: float = setting(0.9, at_least=0, check=_momentum_below_one)  # sgd only
+    betas: tuple[float, float] = setting((0.9, 0.999), check=_betas)  # adamw only
+    clip_grad: float | None = setting(None, above=0)  # max gradient norm
+    accum_steps: int = setting(1, at_least=1)
+    # The authors' advice for a global batch near 1024; imagenet.yaml's 30 goes with its batch of 4096.
+    warmup_epochs: float = setting(5.0, at_least=0)
+    warmup_lr: float = setting(1e-6, at_least=0)
+    min_lr: float = setting(1e-5, at_least=0)
 
 
 @dataclass
 class TrainSection:
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
     # fp32 | bf16 | fp16 (fp16: GPU only, with loss scaling) | auto (bf16 where the device runs it
-    # natively, else fp32; the saved config holds what was chosen)
-    precision: str = "fp32"
-    ema: float | None = None  # decay of an exponential moving average of the weights
+    # natively, else fp32; the saved config holds what was chosen). fp32, exact everywhere, unless
+    # a recipe chooses (imagenet.yaml: bf16, for its GPUs).
+    precision: str = setting("fp32", choices=("fp32", "bf16", "fp16", "auto"))
+    ema: float | None = setting(None, fraction=True)  # decay of an exponential moving average of the weights
     grad_checkpointing: bool = False
     compile: bool = False
-    threads: int | None = None  # CPU threads per process (None: the usable cores shared among torchrun's local processes)
-    eval_every: int = 1  # epochs
+    # CPU threads per process (None: the usable cores shared among torchrun's local processes)
+    threads: int | None = setting(None, at_least=1)
+    eval_every: int = setting(1, at_least=1)  # epochs
     # Minutes of training (steps and data loading; evaluation not counted). The lr schedule then
     # follows the clock or the steps, whichever is further along, and the run ends when the minutes
     # are spent or after `epochs`, whichever comes first.
-    time_limit: float | None = None
-    checkpoint_minutes: float = 10.0  # also save mid-epoch this often
-    log_every: int = 20  # steps between progress-bar refreshes
+    time_limit: float | None = setting(None, above=0)
+    checkpoint_minutes: float = setting(10.0, above=0)  # also save mid-epoch this often (imagenet.yaml: 20)
+    log_every: int = setting(20, at_least=1)  # steps between progress-bar refreshes
 
 
 @dataclass
 class RunConfig:
-    epochs: int = 10
+    epochs: int = setting(10, at_least=1)  # imagenet.yaml: the paper's 300
     seed: int = 0
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -106,32 +186,10 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     # Time-limited recipes: the test top-1 that measured runs ended with, by epochs reached within
     # train.time_limit ({epochs: top1}); a run prints what to expect on its machine (expectation.py).
-    expected_top1: dict[float, float] = field(default_factory=dict)
+    expected_top1: dict[float, float] = setting(factory=dict, check=_top1_curve)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-CHOICES = {
-    "data.dataset": ("fashion_mnist", "folder", "cifar10", "cifar100"),
-    "aug.crop": ("rrc", "pad", "none"),
-    "optim.name": ("adamw", "sgd"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("fp32", "bf16", "fp16", "auto"),
-}
-# key: (smallest allowed, whether the bound itself is allowed)
-LOWER_BOUNDS = {
-    "epochs": (1, True), "data.batch_size": (1, True), "data.eval_batch_size": (1, True),
-    "data.workers": (0, True), "data.limit_train": (1, True), "data.limit_val": (1, True),
-    "optim.lr": (0, False), "optim.weight_decay": (0, True), "optim.accum_steps": (1, True),
-    "optim.warmup_epochs": (0, True), "optim.warmup_lr": (0, True), "optim.min_lr": (0, True),
-    "optim.lr_base_batch": (0, True), "optim.clip_grad": (0, False), "aug.repeated": (1, True),
-    "model.drop_path_rate": (0, True), "model.img_size": (1, True), "train.eval_every": (1, True),
-    "train.checkpoint_minutes": (0, False), "train.time_limit": (0, False), "train.threads": (1, True),
-    "train.log_every": (1, True), "aug.mixup": (0, True), "aug.cutmix": (0, True), "optim.momentum": (0, True),
-}
-PROBABILITIES = ("aug.hflip", "aug.random_erasing", "aug.mixup_switch_prob", "aug.smoothing", "train.ema",
-                 "model.drop_path_rate")
 
 
 # -- reading recipes ----------------------------------------------------------------------
@@ -234,8 +292,8 @@ _SET_ELSEWHERE = {"num_classes": "the dataset's class count", "drop_path_rate": 
 
 def _check_model(m: ModelSection) -> None:
     """The model section as a whole, before any data is read: a known name, options that fit it."""
-    from ..model.config import apply_overrides  # here, not at the top: `crossvit --help` need not load torch
-    from ..model.registry import get_variant, list_models
+    from .model.config import apply_overrides  # here, not at the top: `crossvit --help` need not load torch
+    from .model.registry import get_variant, list_models
 
     if m.name is None:
         if m.checkpoint is None:
@@ -275,62 +333,31 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
             raise CrossViTError(f"unknown config key {prefix + key!r}; {hint}valid keys here: "
                                 f"{', '.join(prefix + f for f in fields)}")
     values = {}
-    for name in fields:
+    for name, f in fields.items():
         if name not in raw:
             continue
         key, hint = prefix + name, hints[name]
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, raw[name], key + ".")
         else:
-            values[name] = _check_value(key, raw[name], hint)
+            values[name] = _check_value(key, raw[name], hint, f.metadata)
     return cls(**values)
 
 
-def _check_value(key: str, given: Any, hint: Any) -> Any:
+def _check_value(key: str, given: Any, hint: Any, rules: Mapping[str, Any]) -> Any:
+    """`given` as the field's type, within the field's rules (see `setting`)."""
     value = _coerce(key, given, hint)
-    if key in CHOICES and value not in CHOICES[key]:
-        raise CrossViTError(f"{key}={given!r} is not one of {', '.join(CHOICES[key])}")
-    if value is not None and key in LOWER_BOUNDS:
-        low, inclusive = LOWER_BOUNDS[key]
-        if value < low or (value == low and not inclusive):
-            raise CrossViTError(f"{key}={given!r} must be {'>=' if inclusive else '>'} {low}")
-    if value is not None and key in PROBABILITIES and not 0 <= value <= 1:
-        raise CrossViTError(f"{key}={given!r} must be between 0 and 1")
-    if key == "optim.betas" and not all(0 <= b < 1 for b in value):
-        raise CrossViTError(f"{key}={given!r}: each beta must be at least 0 and below 1, e.g. [0.9, 0.999]")
-    if key == "optim.momentum" and value >= 1:
-        raise CrossViTError(f"{key}={given!r} must be below 1, e.g. 0.9")
-    if key == "aug.scale" and not 0 < value[0] <= value[1] <= 1:
-        raise CrossViTError(f"{key}={given!r}: the smallest and largest share of the image a crop keeps, "
-                            "0 < min <= max <= 1, e.g. [0.08, 1.0]")
-    if key == "expected_top1":
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and e > 0 and 0 <= v <= 100
-                   for e, v in ((_positive(e), v) for e, v in value.items())):
-            raise CrossViTError(f"{key}={given!r} maps epochs reached to a top-1 in percent, e.g. {{3.5: 88.9, 10: 90.8}}")
-        value = {float(e): float(v) for e, v in value.items()}
-    if key == "aug.randaugment" and value is not None:
-        _check_randaugment(key, value)
-    return value
-
-
-def _positive(value: Any) -> float:
-    """A mapping key read as a number (YAML keeps 3.5 a float, but "3.5" a string); -1 if none."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return -1.0
-
-
-def _check_randaugment(key: str, spec: str) -> None:
-    """timm parses the spec only when the dataset is built, and fails with a bare AssertionError."""
-    from timm.data.auto_augment import rand_augment_transform
-
-    try:
-        rand_augment_transform(spec, {"translate_const": 10, "img_mean": (124, 116, 104)})
-    except Exception as e:
-        detail = f": {str(e).splitlines()[0]}" if str(e).strip() else ""
-        raise CrossViTError(f"{key}={spec!r} is not a RandAugment spec that timm reads{detail}; "
-                            "e.g. rand-m9-mstd0.5-inc1 (or null for none)") from None
+    choices, at_least, above, check = (rules.get(name) for name in ("choices", "at_least", "above", "check"))
+    if choices and value not in choices:
+        raise CrossViTError(f"{key}={given!r} is not one of {', '.join(choices)}")
+    if value is not None:
+        if at_least is not None and value < at_least:
+            raise CrossViTError(f"{key}={given!r} must be >= {at_least}")
+        if above is not None and value <= above:
+            raise CrossViTError(f"{key}={given!r} must be > {above}")
+        if rules.get("fraction") and not 0 <= value <= 1:
+            raise CrossViTError(f"{key}={given!r} must be between 0 and 1")
+    return check(key, given, value) if check else value
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
