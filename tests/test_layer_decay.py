@@ -1,5 +1,7 @@
 """Layer-wise learning-rate decay: the depth of every parameter, and timm's groups built from it."""
 
+import json
+
 import pytest
 
 import crossvit
@@ -47,3 +49,44 @@ def test_timms_layer_decay_groups_follow_the_depths(crossvit_18):
         scale, decay = scale_of[id(names[name])]
         assert scale == pytest.approx(0.75 ** (22 - depth)), name
         assert decay == (0.0 if names[name].ndim <= 1 or name.startswith(("cls_tokens", "pos_embeds")) else 0.05)
+
+
+def test_a_run_with_layer_decay_logs_and_saves_its_groups(tmp_path):
+    from imagegen import make_folder_dataset
+    from tinyrun import PLAIN, tiny_config
+
+    from crossvit.training.trainer import train
+
+    folder = make_folder_dataset(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
+    config = tiny_config(folder, *PLAIN, "epochs=1", "optim.layer_decay=0.5", "optim.warmup_epochs=0")
+    train(config, tmp_path / "run")
+    groups = json.loads((tmp_path / "run" / "lr_groups.json").read_text())
+    # the tiny model: 2 encoders of one block per branch, then the fusion: depths 0..5
+    depths = sorted({tuple(g["depths"]) for g in groups})
+    assert depths == [(d, d) for d in range(6)]
+    lr = 3e-3
+    for g in groups:
+        assert g["lr_scale"] == pytest.approx(0.5 ** (5 - g["depths"][0]))
+        assert g["lr"] == pytest.approx(lr * g["lr_scale"])
+    assert sum(g["parameters"] for g in groups) == sum(p.numel() for p in crossvit.create_model(
+        checkpoint=tmp_path / "run" / "last.pth").parameters())
+
+
+def test_layer_decay_1_is_the_plain_optimizer(tmp_path):
+    from imagegen import make_folder_dataset
+    from tinyrun import PLAIN, assert_same_weights, tiny_config
+
+    from crossvit.training.trainer import train
+
+    folder = make_folder_dataset(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
+    train(tiny_config(folder, *PLAIN, "epochs=1"), tmp_path / "plain")
+    train(tiny_config(folder, *PLAIN, "epochs=1", "optim.layer_decay=1.0"), tmp_path / "one")
+    assert_same_weights(tmp_path / "plain" / "last.pth", tmp_path / "one" / "last.pth")
+    assert not (tmp_path / "one" / "lr_groups.json").exists()
+
+
+def test_layer_decay_above_one_is_one_line(tmp_path):
+    from crossvit.runconfig import load_config
+
+    with pytest.raises(crossvit.CrossViTError, match=r"optim.layer_decay=1.5 must be at most 1"):
+        load_config("small_folder", ["optim.layer_decay=1.5"])

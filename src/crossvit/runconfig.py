@@ -37,6 +37,12 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | 
     return field(default=default, metadata=rules)
 
 
+def _at_most_one(key: str, given: Any, value: float) -> float:
+    if value > 1:
+        raise CrossViTError(f"{key}={given!r} must be at most 1 (1: no decay), e.g. 0.75")
+    return value
+
+
 def _momentum_below_one(key: str, given: Any, value: float) -> float:
     if value >= 1:
         raise CrossViTError(f"{key}={given!r} must be below 1, e.g. 0.9")
@@ -147,6 +153,9 @@ class OptimSection:
     momentum: float = setting(0.9, at_least=0, check=_momentum_below_one)  # sgd only
     betas: tuple[float, float] = setting((0.9, 0.999), check=_betas)  # adamw only
     clip_grad: float | None = setting(None, above=0)  # max gradient norm
+    # Layer-wise lr decay: a parameter at depth d of D (model.layer_depth) learns at lr * decay^(D - d);
+    # null or 1.0: one rate for all, as without it. 0.75 is the usual choice for fine-tuning ViTs.
+    layer_decay: float | None = setting(None, above=0, check=_at_most_one)
     accum_steps: int = setting(1, at_least=1)
     # The authors' advice for a global batch near 1024; imagenet.yaml's 30 goes with its batch of 4096.
     warmup_epochs: float = setting(5.0, at_least=0)

@@ -78,7 +78,23 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
     kwargs: dict = {"momentum": optim.momentum} if optim.name == "sgd" else {"betas": optim.betas}
     # One fused kernel per step instead of a loop over the parameters: 7% of a small model's step on a CPU.
     kwargs["fused"] = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
+    if optim.layer_decay is not None and optim.layer_decay != 1.0:  # timm groups by model.group_matcher's depths
+        kwargs["layer_decay"] = optim.layer_decay
     return create_optimizer_v2(model, opt=optim.name, lr=optim.effective_lr, weight_decay=optim.weight_decay, **kwargs)
+
+
+def lr_groups(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each parameter group's depth range, lr scale, peak lr (after warm-up), weight decay and size,
+    for the run's log and lr_groups.json (with layer decay, one group per depth and decay kind)."""
+    depth_of = {id(p): model.layer_depth(name) for name, p in model.named_parameters()}
+    rows = []
+    for group in optimizer.param_groups:
+        depths = sorted({depth_of[id(p)] for p in group["params"]})
+        scale = group.get("lr_scale", 1.0)  # timm's scheduler multiplies every rate it sets by it
+        rows.append({"depths": [depths[0], depths[-1]], "lr_scale": scale,
+                     "lr": group.get("initial_lr", group["lr"]) * scale, "weight_decay": group["weight_decay"],
+                     "parameters": sum(p.numel() for p in group["params"])})
+    return sorted(rows, key=lambda r: (r["depths"], r["weight_decay"]))
 
 
 @dataclass

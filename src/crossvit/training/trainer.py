@@ -25,7 +25,7 @@ from . import distributed
 from .engine import EpochStats, EvalResult, LossDiverged, StepContext, evaluate, train_one_epoch
 from .expectation import Expectation
 from .plots import plot_curves
-from .setup import RunParts, build, restore, step_context
+from .setup import RunParts, build, lr_groups, restore, step_context
 from .state import Progress, TrainingState, load_state, save_state
 
 log = logging.getLogger("crossvit")
@@ -210,6 +210,14 @@ class Run:
             return
         self.output.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.output / "config.yaml")
+        if self.config.optim.layer_decay not in (None, 1.0):
+            groups = lr_groups(self.parts.model, self.parts.optimizer)
+            for g in groups:
+                log.info("layer decay %g: depths %d-%d learn at %.3g x lr = %.3g (weight decay %g, %d parameters)",
+                         self.config.optim.layer_decay, *g["depths"], g["lr_scale"], g["lr"], g["weight_decay"],
+                         g["parameters"])
+            text = json.dumps(groups, indent=1)
+            atomic_write(self.output / "lr_groups.json", lambda tmp: Path(tmp).write_text(text))
         if self.metrics_path.is_file():
             kept = "".join(json.dumps(r) + "\n" for r in read_metrics(self.metrics_path)
                            if r["epoch"] <= self.progress.epoch)
