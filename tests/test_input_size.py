@@ -88,3 +88,14 @@ def test_a_fixed_size_model_says_how_to_take_other_sizes():
     model = crossvit.create_model("crossvit_micro_32")
     with pytest.raises(crossvit.CrossViTError, match=r"create the model with img_size=48 \(or dynamic_img_size=True\)"):
         model(torch.zeros(1, 3, 48, 48))
+
+
+def test_export_says_what_it_cannot_carry(tmp_path):
+    from crossvit.deploy.export import export
+
+    model = crossvit.create_model("crossvit_micro_32", dynamic_img_size=True).eval()
+    with pytest.warns(UserWarning, match=r"dynamic_img_size does not carry into the exported graph: it takes 32 px"):
+        export(model, tmp_path / "m.pt2", "torch-export")
+    two_inputs = crossvit.create_model("crossvit_micro_32", in_chans=(3, 1)).eval()
+    with pytest.raises(crossvit.CrossViTError, match=r"one batch per branch \(\[3, 1\] channels\)"):
+        export(two_inputs, tmp_path / "m2.onnx", "onnx")

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -206,8 +207,21 @@ def export_safetensors(model: CrossViT, path: str | os.PathLike, atol: float = 0
     return _write_checked(Path(path), lambda tmp: save_checkpoint(model, tmp), check, atol)
 
 
+def _say_what_the_file_cannot_carry(model: CrossViT) -> None:
+    chans = model.config.branch_chans()
+    if len(set(chans)) > 1:
+        raise CrossViTError(f"this model takes one batch per branch ({chans} channels), which crossvit export does not "
+                            "trace; export it from Python with torch.onnx.export and a list of inputs")
+    if getattr(model, "dynamic_img_size", False):
+        size = model.config.img_size
+        warnings.warn(f"dynamic_img_size does not carry into the exported graph: it takes {size} px images only "
+                      "(call model.set_input_size(S) first for another size)", stacklevel=3)
+
+
 def export(model: CrossViT, path: str | os.PathLike, fmt: str, opset: int | None = None, batch_size: int = 2) -> float:
     """Export in format `fmt` (a key of FORMATS); return the largest difference from eager."""
+    if fmt != "safetensors":
+        _say_what_the_file_cannot_carry(model)
     if fmt == "onnx":
         return export_onnx(model, path, opset, batch_size)
     if fmt == "torch-export":
