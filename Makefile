@@ -18,6 +18,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 venv: $(BIN)/.installed
 
 test: venv
+	$(BIN)/ruff check src tests benchmarks hubconf.py
 	$(BIN)/python -m pytest -q -n auto
 
 # pyproject's lowest torch, on the model's own tests (the model needs nothing but torch; timm and

@@ -34,7 +34,7 @@ for name in sys.argv[1:] or ["crossvit_9_240", "crossvit_15_240"]:
     ours, theirs = (c.model for c in build_contenders(name, True, None, torch.device("cuda")))
     x = torch.randn(32, 3, 240, 240, device="cuda")
 
-    def run(model, twin=True):
+    def run(model, twin=True, x=x):
         def forward():
             if hasattr(model, "bf16_twin_enabled"):  # ours; timm's model has no twin
                 model.bf16_twin_enabled = twin
@@ -46,18 +46,18 @@ for name in sys.argv[1:] or ["crossvit_9_240", "crossvit_15_240"]:
         ref = ours(x).float()
     rows = {"ours, bf16 twin": run(ours), "ours, autocast": run(ours, False), "timm, autocast": run(theirs)}
     print(f"{name}, batch 32, bf16; fp32 logits up to {ref.abs().max().item():.3f}")
-    for label, forward in rows.items():
-        out = forward().float()
+    for label, step in rows.items():
+        out = step().float()
         err = (out - ref).abs().max().item()
         agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
-        eager = ms_per_forward(forward)
+        eager = ms_per_forward(step)
         try:
-            kernels = kernels_per_forward(forward)
+            kernels = kernels_per_forward(step)
         except Exception as e:  # the profiler's event fields differ between versions
             kernels = -1
             print(f"  kernel count failed: {e}")
         try:
-            replay = ms_per_forward(captured(forward))
+            replay = ms_per_forward(captured(step))
         except Exception as e:  # capture can fail; say why and go on
             replay = float("nan")
             print(f"  {label}: CUDA graph capture failed: {str(e).splitlines()[0]}")

@@ -1,4 +1,6 @@
-"""Published metadata checked against the real model (params, GMACs) and the facts file."""
+"""Published metadata checked against the real model (params, GMACs): the registry's copy of the
+published numbers, in the repository, so that these run on any fresh clone; and that copy against
+the project's facts file where it lies beside the checkout."""
 
 import pytest
 import torch
@@ -13,12 +15,19 @@ PUBLISHED = [n for n in crossvit.list_models() if "micro" not in n]
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
-def test_params_and_gmacs_match_the_facts_file(name):
-    params, gmacs = facts_table()[name]
+def test_params_and_gmacs_match_the_published_numbers(name):
+    """Exact parameters of the released weights; GMACs within 0.2% of the reference measurement
+    (docs/models.md says so) and within the rounding of the paper's GFLOPs (one decimal)."""
+    meta = crossvit.get_variant(name).meta
     row = describe(name)  # counted on the real network, on the meta device
-    assert row["params"] == params
-    assert abs(row["gmacs"] / gmacs - 1) < 0.01, f"{name}: {row['gmacs']} GMACs vs {gmacs}"
-    # The registry's copy of the published numbers agrees with the spec too.
+    assert row["params"] == meta.params
+    assert abs(row["gmacs"] / meta.gmacs - 1) < 0.002, f"{name}: {row['gmacs']} GMACs vs {meta.gmacs}"
+    assert abs(row["gmacs"] - meta.paper_gflops) <= 0.05, f"{name}: {row['gmacs']} GMACs vs the paper's {meta.paper_gflops}"
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_the_registry_copies_the_facts_file(name):
+    params, gmacs = facts_table()[name]  # skips where the facts file is not beside the checkout
     meta = crossvit.get_variant(name).meta
     assert (meta.params, meta.gmacs) == (params, gmacs)
 

@@ -82,18 +82,18 @@ def _read_maps(model: CrossViT, with_rollout: bool) -> dict[str, np.ndarray]:
             # Branch i's CLS (projected) is the only query; its keys are [itself || patches of j].
             for i, layers in enumerate(encoder.fusion.attend):
                 j = (i + 1) % n
-                for l, layer in enumerate(layers):
-                    maps[f"encoder{k}_fusion{l}_branch{i}_over_branch{j}"] = on_grid(layer.attention[0, :, 0, 1:], j)
+                for depth, layer in enumerate(layers):
+                    maps[f"encoder{k}_fusion{depth}_branch{i}_over_branch{j}"] = on_grid(layer.attention[0, :, 0, 1:], j)
         elif model.config.fusion == "all_attention":
             # One sequence of every branch's tokens, each branch's CLS first: find the CLS rows and patch spans.
             starts = np.cumsum([0] + [1 + g * g for g in grids]).tolist()
-            for l, attn in enumerate(encoder.fusion.attns):
+            for depth, attn in enumerate(encoder.fusion.attns):
                 for i in range(n):
                     row = attn.attention[0, :, starts[i]]
                     for j in range(n):
                         if j != i:
                             patches = row[:, starts[j] + 1:starts[j + 1]]
-                            maps[f"encoder{k}_fusion{l}_branch{i}_over_branch{j}"] = on_grid(patches, j)
+                            maps[f"encoder{k}_fusion{depth}_branch{i}_over_branch{j}"] = on_grid(patches, j)
     if with_rollout:
         for b in range(n):
             layers = [block.attn.attention[0] for encoder in model.encoders for block in encoder.branches[b]]
