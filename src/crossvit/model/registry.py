@@ -110,17 +110,11 @@ _imagenet("crossvit_18_dagger_408",  (224, 448),  7,  6, 3, "conv3",  408,  44_6
 
 def _small(name: str, size: int, in_chans: int, patches: tuple[int, int], mean: tuple[float, ...],
            std: tuple[float, ...], class_names: tuple[str, ...]) -> None:
-    """A CrossViT for 28-32 px images that trains in minutes on two CPU cores.
-
-    Patch sizes: 4 px in the S-branch (a 7x7 or 8x8 grid: the fine detail) and half the image
-    in the L-branch (a 2x2 grid: the coarse view), the paper's pairing of a fine, narrow branch
-    and a coarse, wide one, pushed to the scale of these images. On Fashion-MNIST, with the
-    same samples seen, L patches of 14 px learned as well as 7 px ones (82.6% against 77-79%
-    after 38k images) at almost twice the speed, which buys twice the epochs. 2 px S patches
-    would quadruple the tokens. The linear tokenizer: the three-convolution one learned slower
-    (51% against 75% after 100 steps). Widths 64 / 128 with 32-dim heads, as in the paper's
-    branches, keep the matmuls big enough to use the CPU well; the L-branch is deeper
-    (K=3, N=1, M=2), as in the paper.
+    """A CrossViT for 28-32 px images that trains in minutes on two CPU cores: 4 px patches in
+    the S-branch (the fine detail) and half-image patches in the L-branch (the coarse view), the
+    paper's pairing pushed to the scale of these images; widths 64 / 128 with 32-dim heads, as in
+    the paper's branches, keep the matmuls large enough for the CPU; the L-branch is the deeper
+    (K=3, N=1, M=2). Why these sizes, measured: docs/notes/2026-11-25-fashion-mnist-first-experiments.md.
     """
     config = CrossViTConfig(
         branches=(
