@@ -176,6 +176,8 @@ class TrainSection:
     # CPU threads per process (None: the usable cores shared among torchrun's local processes)
     threads: int | None = setting(None, at_least=1)
     eval_every: int = setting(1, at_least=1)  # epochs
+    # TensorBoard event files in OUTPUT/tensorboard: auto (when the package is installed) | true | false
+    tensorboard: str = setting("auto", choices=("auto", "true", "false"))
     # Minutes of training (steps and data loading; evaluation not counted). The lr schedule then
     # follows the clock or the steps, whichever is further along, and the run ends when the minutes
     # are spent or after `epochs`, whichever comes first.
@@ -355,6 +357,9 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 def _check_value(key: str, given: Any, hint: Any, rules: Mapping[str, Any]) -> Any:
     """`given` as the field's type, within the field's rules (see `setting`)."""
+    choices = rules.get("choices")
+    if isinstance(given, bool) and choices and str(given).lower() in choices:  # YAML reads true/false as booleans
+        given = str(given).lower()
     value = _coerce(key, given, hint)
     choices, at_least, above, check = (rules.get(name) for name in ("choices", "at_least", "above", "check"))
     if choices and value not in choices:

@@ -25,6 +25,7 @@ from . import distributed
 from .engine import EpochStats, EvalResult, LossDiverged, StepContext, evaluate, train_one_epoch
 from .expectation import Expectation
 from .plots import plot_curves
+from .tensorboard import RunLog
 from .setup import RunParts, build, lr_groups, restore, step_context
 from .state import Progress, TrainingState, load_state, save_state
 
@@ -179,6 +180,7 @@ class Run:
     def run(self) -> RunResult:
         """Train epoch after epoch until the epochs or the time limit are spent, or a signal asks to stop."""
         self._start_files()
+        self.tensorboard = RunLog.open(self.output, self.config, self.world.is_main)
         self.started = time.perf_counter()
         self.last_save = time.monotonic()
         interrupted = False
@@ -193,6 +195,9 @@ class Run:
         except LossDiverged as e:
             raise CrossViTError(f"{e}; stopped, and {self.last_path} (the last good state) is kept: lower optim.lr, "
                                 "set optim.clip_grad, or use train.precision=fp32") from None
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close(self.config, self.final.top1 if self.final else None, self.progress.best_top1)
         if interrupted and self.world.is_main:
             log.info("stopped by a signal: state saved in %s; continue with --resume --output %s", self.last_path,
                      self.output)
@@ -252,6 +257,10 @@ class Run:
         if step % self.config.train.log_every == 0 or step == self.parts.steps_per_epoch:
             bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{self.parts.optimizer.param_groups[0]['lr']:.2e}",
                             img_s=f"{self._images_per_second(stats):.0f}")
+            if self.tensorboard is not None:
+                self.tensorboard.step(self.progress.epoch * self.parts.steps_per_epoch + step, stats.loss,
+                                      [g["lr"] for g in self.parts.optimizer.param_groups],
+                                      self._images_per_second(stats))
         if self.expectation and (forecast := self.expectation.forecast(stats.samples * self.world.size, stats.seconds,
                                                                         self.machine)):
             tqdm.write(forecast)
@@ -284,6 +293,8 @@ class Run:
         # previous epoch, which the resumed run repeats, writing the same record and best.pth again.
         if world.is_main:
             _append_jsonl(self.metrics_path, record)
+            if self.tensorboard is not None:
+                self.tensorboard.epoch(record)
         if improved:
             self.save(self.best_path, resumable=False)
         self.save(self.last_path)
