@@ -38,7 +38,7 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | 
 
 
 def _at_most_one(key: str, given: Any, value: float) -> float:
-    if value > 1:
+    if value is not None and value > 1:
         raise CrossViTError(f"{key}={given!r} must be at most 1 (1: no decay), e.g. 0.75")
     return value
 
