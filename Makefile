@@ -26,7 +26,8 @@ test: venv
 # oldest torch in this machine's wheel store; elsewhere set OLDEST_TORCH=torch==2.13.0.
 OLDEST_TORCH ?= torch==2.13.0+cpu
 MODEL_TESTS := tests/test_model_interface.py tests/test_inference_path.py tests/test_fusion.py tests/test_golden.py \
-	tests/test_bf16_twin.py tests/test_convstem_tokenizer.py tests/test_t2t_tokenizer.py tests/test_checkpoint.py
+	tests/test_bf16_twin.py tests/test_convstem_tokenizer.py tests/test_t2t_tokenizer.py tests/test_checkpoint.py \
+	tests/test_input_size.py tests/test_branch_inputs.py tests/test_fusion_standalone.py tests/test_hub.py
 test-oldest-torch:
 	$(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/pip install -q $(OLDEST_TORCH) "safetensors>=0.4" "numpy>=1.24" "pyyaml>=6" "pillow>=10" \
