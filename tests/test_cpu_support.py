@@ -73,8 +73,6 @@ def test_usable_cores_honour_affinity_and_quota(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert distributed.threads_per_process() == 1  # never fewer than one
     monkeypatch.setattr(distributed, "_cgroup_cpu_quota", lambda: None)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert distributed.threads_per_process() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
     assert distributed.threads_per_process() == 2
 

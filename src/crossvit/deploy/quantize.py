@@ -23,12 +23,12 @@ import warnings
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..model.checkpoint import StoredCheckpoint, read_checkpoint, save_checkpoint
 from ..model.crossvit import CrossViT
+from ..model.fastpaths.linear import activate
 from ..model.registry import ModelMeta
 
 QUANTIZATION = "int8-dynamic"
@@ -69,8 +69,7 @@ class Int8Linear(nn.Module):
         return cls(weight_int8, scale, bias, getattr(linear, "activation", None))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range)
-        return F.gelu(out) if self.activation == "gelu" else out
+        return activate(torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range), self.activation)
 
     def extra_repr(self) -> str:
         act = f", activation={self.activation}" if self.activation else ""

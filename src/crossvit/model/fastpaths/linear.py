@@ -19,6 +19,11 @@ from .support import cpu_support
 ACTIVATIONS = (None, "gelu")
 
 
+def activate(x: Tensor, activation: str | None) -> Tensor:
+    """A linear layer's output after its activation (the plain path; oneDNN's kernel fuses it)."""
+    return F.gelu(x) if activation == "gelu" else x
+
+
 class DerivedCache:
     """Base of the caches a module keeps as a plain attribute (tensors derived from its weights):
     deep copies and pickles of the module (EMA, quantization, torch.save) start with an empty
@@ -71,8 +76,7 @@ class Linear(nn.Linear):
         dtype = self._onednn_dtype(x)
         if dtype is not None:
             return self._onednn_forward(x, dtype)
-        out = F.linear(x, self.weight, self.bias)
-        return F.gelu(out) if self.activation == "gelu" else out
+        return activate(F.linear(x, self.weight, self.bias), self.activation)
 
     def _onednn_dtype(self, x: Tensor) -> torch.dtype | None:
         """The dtype the fused kernel would compute in, where it may run and pays; else None."""
