@@ -16,7 +16,7 @@ from crossvit.studies import specs
 from crossvit.training import trainer
 from crossvit.training.setup import resolve
 from crossvit.runconfig import load_config
-from crossvit.training.trainer import read_metrics
+from crossvit.training.rundir import read_metrics
 from imagegen import make_folder_dataset
 from tinyrun import PLAIN, TINY
 
@@ -32,7 +32,7 @@ def test_every_study_cell_builds_its_model(name, tmp_path):
 
 
 def test_studies_resolve_the_configuration_they_were_measured_with():
-    # The config.yaml of a run the fusion study made (data.eval_batch_size and optim.effective_lr filled in
+    # The config.yaml of a run the fusion study made (data.eval_batch_size, optim.effective_lr and recipe filled in
     # since, as runs now save them): the demo recipe moving on must not move the studies.
     measured = load_config(str(Path(__file__).parent / "golden" / "study_fusion_cross_attention_seed0.yaml"))
     study = specs.load_study("fusion")

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 from typing import NoReturn
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prog}: error: argument {bare[0]!r} is not KEY=VALUE (e.g. epochs=5 optim.lr=1e-3)", file=sys.stderr)
             return 2
         args.overrides = [*args.overrides, *extra]
+    args.command_line = shlex.join(["crossvit", *(sys.argv[1:] if argv is None else argv)])  # a run records it
     try:
         return args.run(args)
     except CrossViTError as e:

@@ -188,6 +188,7 @@ class TrainSection:
 
 @dataclass
 class RunConfig:
+    recipe: str | None = None  # the recipe the run was built from (load_config fills it in)
     epochs: int = setting(10, at_least=1)  # imagenet.yaml: the paper's 300
     seed: int = 0
     model: ModelSection = field(default_factory=ModelSection)
@@ -261,7 +262,9 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None,
         raise CrossViTError(f"a run config must be a mapping of keys, not {type(data).__name__}")
     raw = dict(data or {})
     if recipe is not None:
-        raw = _read_yaml(recipe_path(recipe))
+        path = recipe_path(recipe)
+        raw = _read_yaml(path)
+        raw.setdefault("recipe", path.stem)  # a saved run's config.yaml keeps the recipe it names
     for item in overrides or []:
         key, value = _parse_override(item)
         if not all(key.split(".")):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from crossvit.cli import main
-from crossvit.training.trainer import read_metrics, train
+from crossvit.training.rundir import read_metrics
+from crossvit.training.trainer import train
 from imagegen import make_folder_dataset
 from tinyrun import PLAIN, tiny_args, tiny_config
 

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise CrossViTError("--resume needs --output DIR, the run to continue")
     output = Path(args.output or f"runs/{recipe_path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     config, state = start_or_resume(output, args.recipe, overrides, resume=args.resume)
-    result = train(config, output, state)
+    result = train(config, output, state, command=args.command_line)
     if not result.main_process:
         return 130 if result.interrupted else 0
     if result.interrupted:

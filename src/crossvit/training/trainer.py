@@ -25,6 +25,7 @@ from . import distributed
 from .engine import EpochStats, EvalResult, LossDiverged, StepContext, evaluate, train_one_epoch
 from .expectation import Expectation
 from .plots import plot_curves
+from .rundir import read_metrics, record_command
 from .tensorboard import RunLog
 from .setup import RunParts, build, lr_groups, restore, step_context
 from .state import Progress, TrainingState, load_state, save_state
@@ -93,32 +94,22 @@ def start_or_resume(output: str | Path, recipe: str | RunConfig, overrides: list
     return (recipe if isinstance(recipe, RunConfig) else load_config(recipe, overrides)), None
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The records of metrics.jsonl; a line cut short by a kill is left out."""
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return records
-
-
 def _append_jsonl(path: Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def train(config: RunConfig, output: str | Path, state: TrainingState | None = None, alone: bool = False) -> RunResult:
+def train(config: RunConfig, output: str | Path, state: TrainingState | None = None, alone: bool = False,
+          command: str | None = None) -> RunResult:
     """Run the training that `config` describes, writing into `output`: a new run, or with `state`
     (see start_or_resume) the continuation of the run there. `alone`: this process trains by
-    itself even under torchrun (no DDP)."""
+    itself even under torchrun (no DDP). `command`: the command line that asked for it, added to
+    the run's command.txt (a new run's first line, then one per resume)."""
     output = Path(output)
     world = distributed.setup(config.train.device, join=not alone)
     try:
         with StopSignals() as signals:
-            return _train(config, output, state, world, signals)
+            return _train(config, output, state, world, signals, command)
     except CrossViTError:
         raise
     except Exception as e:
@@ -135,7 +126,7 @@ def train(config: RunConfig, output: str | Path, state: TrainingState | None = N
 
 
 def _train(config: RunConfig, output: Path, saved: TrainingState | None, world: distributed.World,
-           signals: StopSignals) -> RunResult:
+           signals: StopSignals, command: str | None) -> RunResult:
     if saved is None and (output / "last.pth").is_file():
         raise CrossViTError(f"{output} already holds a run (last.pth): pass --resume to continue it, "
                             "or choose another --output")
@@ -152,20 +143,20 @@ def _train(config: RunConfig, output: Path, saved: TrainingState | None, world: 
     if saved is not None:  # the learning rate where the checkpoint left it
         parts.scheduler.step_update(step.schedule_position(progress.epoch * parts.steps_per_epoch
                                                            + progress.step_in_epoch))
-    return Run(parts, step, progress, world, output, signals).run()
+    return Run(parts, step, progress, world, output, signals, command).run()
 
 
 class Run:
     """A run in progress: the parts it trains with, where it stands, and the files it writes
-    into `output`: config.yaml, metrics.jsonl, curves.png, last.pth and best.pth."""
+    into `output`: config.yaml, command.txt, metrics.jsonl, curves.png, last.pth and best.pth."""
 
     started: float  # perf_counter() when training began (elapsed_seconds)
     last_save: float  # monotonic() of the latest checkpoint
 
     def __init__(self, parts: RunParts, step: StepContext, progress: Progress, world: distributed.World,
-                 output: Path, signals: StopSignals) -> None:
+                 output: Path, signals: StopSignals, command: str | None = None) -> None:
         self.parts, self.config, self.step, self.progress = parts, parts.config, step, progress
-        self.world, self.output, self.signals = world, output, signals
+        self.world, self.output, self.signals, self.command = world, output, signals, command
         self.last_path, self.best_path, self.metrics_path = output / "last.pth", output / "best.pth", output / "metrics.jsonl"
         self.bad_files: set[str] = set()
         self.epochs_done = float(progress.epoch)  # with the share of a last epoch that a time limit cut short
@@ -215,6 +206,8 @@ class Run:
             return
         self.output.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.output / "config.yaml")
+        if self.command:
+            record_command(self.output, self.command)
         if self.config.optim.layer_decay not in (None, 1.0):
             groups = lr_groups(self.parts.model, self.parts.optimizer)
             for g in groups:
