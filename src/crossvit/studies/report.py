@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..files import atomic_write
 from ..runconfig import load_config
-from ..training.trainer import read_metrics
+from ..training.rundir import read_metrics
 from .specs import Cell, Study
 
 
@@ -129,10 +129,13 @@ def csv_text(summaries: list[CellSummary]) -> str:
 
 
 def plot(study: Study, summaries: list[CellSummary], path: Path) -> None:
-    from ..training.plots import plt, save_figure
+    from matplotlib.figure import Figure
+
+    from ..training.plots import save_figure
 
     done = [s for s in summaries if s.runs]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for s in done:
         mean, std = s.top1()
         ax.errorbar(s.macs / 1e6, mean, yerr=std, fmt="o", capsize=4)
