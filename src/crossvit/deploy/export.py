@@ -15,6 +15,8 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -205,6 +207,34 @@ def export_safetensors(model: CrossViT, path: str | os.PathLike, atol: float = 0
 
     # save_checkpoint writes safetensors for any suffix but .pth / .pt, so also for the temporary .tmp.
     return _write_checked(Path(path), lambda tmp: save_checkpoint(model, tmp), check, atol)
+
+
+def export_hub(model: CrossViT, directory: str | os.PathLike, card: dict | None = None, atol: float = 0.0) -> float:
+    """Write `model` in the Hugging Face Hub layout into folder `directory` (save_pretrained:
+    config.json, model.safetensors, a README.md model card with `card`'s fields); return the
+    difference of the model read back through create_model("local-dir:") (0). The files are
+    written and checked in a hidden folder beside it, then moved in over any already there."""
+    from ..model.factory import create_model
+    from ..model.hub import save_pretrained
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CrossViTError(f"output {directory} is a file; the hub layout is a folder: name a folder")
+    model = _prepare(model)
+    check_output_path(directory / "config.json")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_pretrained(model, staging, card)
+        diff = max_difference(model, _prepare(create_model(f"local-dir:{staging}")), (1, 2))
+        if not diff <= atol:
+            raise ExportMismatchError(f"{directory}: the model read back differs by {diff:.3g}, so nothing was written")
+        directory.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, directory / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return diff
 
 
 def _say_what_the_file_cannot_carry(model: CrossViT) -> None:

@@ -42,6 +42,7 @@ class StoredCheckpoint:
     config: CrossViTConfig | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     run_config: dict[str, Any] | None = None  # the training recipe, in checkpoints written by `crossvit train`
+    progress: dict[str, Any] | None = None  # epochs done and best top-1 so far, in those checkpoints too
 
 
 @dataclass
@@ -185,7 +186,9 @@ def read_checkpoint(path: str | os.PathLike) -> StoredCheckpoint:
     if run_config is not None and not isinstance(run_config, Mapping):
         raise CheckpointError(f"checkpoint {path} has a damaged training config (found {type(run_config).__name__}, "
                               "not a mapping); re-save it with crossvit.save_checkpoint")
-    return StoredCheckpoint(to_our_layout(state), str(path), layout, config, meta, run_config)
+    progress = obj.get("progress") if isinstance(obj, Mapping) else None
+    progress = dict(progress) if isinstance(progress, Mapping) else None
+    return StoredCheckpoint(to_our_layout(state), str(path), layout, config, meta, run_config, progress)
 
 
 # -- fitting into a model -----------------------------------------------------------------

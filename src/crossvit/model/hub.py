@@ -46,14 +46,21 @@ def save_pretrained(model, directory: str | os.PathLike, card: dict[str, Any] | 
     return directory
 
 
-def card_from_run(run_config: dict[str, Any] | None, top1: float | None = None) -> dict[str, Any]:
-    """Model-card fields from a training run's config (as saved in its checkpoints)."""
+def card_from_run(run_config: dict[str, Any] | None, progress: dict[str, Any] | None = None,
+                  command: str | None = None) -> dict[str, Any]:
+    """Model-card fields from a training run: its config and progress (as saved in its checkpoints)
+    and the command that started it (the first line of its command.txt)."""
     if not run_config:
         return {}
     data = run_config.get("data", {})
-    card = {"dataset": data.get("dataset"), "data path": data.get("path"), "epochs": run_config.get("epochs")}
-    if top1 is not None:
-        card["validation top-1"] = f"{top1:.2f}%"
+    card = {"dataset": data.get("dataset"), "data path": data.get("path"), "recipe": run_config.get("recipe"),
+            "epochs trained": (progress or {}).get("epoch")}
+    best, best_epoch = (progress or {}).get("best_top1"), (progress or {}).get("best_epoch")
+    if best is not None:
+        which = "these weights" if best_epoch == progress.get("epoch") else "the run's best"
+        card["validation top-1"] = f"{best:.2f}% ({which}, epoch {best_epoch})"
+    if command:
+        card["command"] = f"`{command}`"
     return {k: v for k, v in card.items() if v is not None}
 
 
