@@ -66,7 +66,8 @@ def test_demo_trains_evaluates_and_continues(tmp_path):
     result = subprocess.run(args + ["aug.hflip=0.5"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "on 40 images: top-1" in result.stdout and "mirror image (crossvit eval --flip): top-1" in result.stdout
-    for name in ("curves.png", "best.pth", "eval/confusion.png", "eval/eval.json", "eval-flip/eval.json"):
+    for name in ("curves.png", "best.pth", "eval/confusion.png", "eval/eval.json", "eval-flip/eval.json", "report.html",
+                 "command.txt"):
         assert (tmp_path / "run" / name).is_file(), name
     again = subprocess.run(args + ["aug.hflip=0"], capture_output=True, text=True)  # evaluated again, not retrained
     assert again.returncode == 0 and "(continuing)" in again.stdout

@@ -159,6 +159,29 @@ def predict_paths(model: CrossViT, paths: list[str], top_k: int = 5, batch_size:
     return predictions, failures
 
 
+def validation_data(stored: StoredCheckpoint, model: CrossViT, data: str | None = None, dataset: str | None = None,
+                    limit: int | None = None, workers: int = 0, batch_size: int = 256):
+    """(loader, class names, data section) of the validation split a checkpoint's model is measured
+    on: `data`/`dataset` where given, else the dataset the checkpoint was trained on, else a folder.
+    The model's preprocessing; the images in order. Refuses a dataset with another class count."""
+    from . import data as datasets
+    from .runconfig import load_config
+
+    trained_on = load_config(data=stored.run_config).data if stored.run_config else None
+    data_cfg = load_config(data={"data": {
+        "dataset": dataset or (trained_on.dataset if trained_on else "folder"),
+        "path": data or (trained_on.path if trained_on else None),
+        "limit_val": limit, "workers": workers,
+    }}).data
+    class_names = datasets.class_names(data_cfg)
+    if len(class_names) != model.num_classes:
+        raise CrossViTError(f"{stored.origin} predicts {model.num_classes} classes but {data_cfg.path or data_cfg.dataset} "
+                            f"has {len(class_names)}; fine-tune it first (crossvit train ... model.checkpoint=...)")
+    val_set = datasets.build_dataset(data_cfg, "val", model.meta, None, 0)
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    return datasets.eval_loader(val_set, batch_size, workers, 0, 1, on_gpu), class_names, data_cfg
+
+
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str | None = None,
                         model_name: str | None = None, batch_size: int = 256, workers: int = 0,
                         precision: str = "fp32", limit: int | None = None, output: str | None = None,
@@ -171,9 +194,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
         default the dataset the checkpoint was trained on, if it records one.
     precision: fp32, or bf16/fp16 autocast. flip: average each head over the image and its mirror.
     """
-    from . import data as datasets
     from .training import distributed
-    from .runconfig import load_config
     from .training.engine import evaluate
     from .training.plots import plot_confusion
 
@@ -181,19 +202,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, dataset: str |
     int8_error = f"{checkpoint} is an int8 model, which runs in fp32 on the CPU; leave out --precision"
     model, _ = load_for_inference(stored, model_name, need_classifier=False,
                                   int8_error=None if precision == "fp32" else int8_error)
-    trained_on = load_config(data=stored.run_config).data if stored.run_config else None
-    data_cfg = load_config(data={"data": {
-        "dataset": dataset or (trained_on.dataset if trained_on else "folder"),
-        "path": data or (trained_on.path if trained_on else None),
-        "limit_val": limit, "workers": workers,
-    }}).data
-    class_names = datasets.class_names(data_cfg)
-    if len(class_names) != model.num_classes:
-        raise CrossViTError(f"{checkpoint} predicts {model.num_classes} classes but {data_cfg.path or data_cfg.dataset} "
-                            f"has {len(class_names)}; fine-tune it first (crossvit train ... model.checkpoint=...)")
+    loader, class_names, data_cfg = validation_data(stored, model, data, dataset, limit, workers, batch_size)
     world = distributed.World(0, 1, 0, next(model.parameters()).device)
-    val_set = datasets.build_dataset(data_cfg, "val", model.meta, None, 0)
-    loader = datasets.eval_loader(val_set, batch_size, workers, 0, 1, world.device.type == "cuda")
     result = evaluate(model, loader, len(class_names), world, precision, flip=flip)
 
     out = Path(output) if output else Path(checkpoint).parent

@@ -62,6 +62,17 @@ def plot_overview(picture: np.ndarray, maps: dict[str, np.ndarray], path: Path, 
     _save(fig, title, path)
 
 
+def strip_figure(picture: np.ndarray, maps: dict[str, np.ndarray], titles: dict[str, str] | None = None) -> Figure:
+    """One row: the input, then each map (heads averaged) over it; `titles` name the panels (default: the map names)."""
+    fig = Figure(figsize=(1.6 * (1 + len(maps)), 2.0))
+    axes = fig.subplots(1, 1 + len(maps), squeeze=False)[0]
+    _overlay(axes[0], picture, None, "input")
+    for ax, (name, heads) in zip(axes[1:], maps.items()):
+        _overlay(ax, picture, heads.mean(0), (titles or {}).get(name, name))
+    fig.tight_layout()
+    return fig
+
+
 def plot_heads(picture: np.ndarray, heads: np.ndarray, path: Path, title: str) -> None:
     """One map, each head alone."""
     cols = min(6, len(heads))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-NAMES = ("train", "eval", "predict", "attention", "export", "quantize", "models", "bench", "ablate", "info", "demo",
-         "tour")  # in the order `crossvit --help` lists them
+NAMES = ("train", "eval", "report", "predict", "attention", "export", "quantize", "models", "bench", "ablate", "info",
+         "demo", "tour")  # in the order `crossvit --help` lists them
 
 
 def int_at_least(least: int) -> Callable[[str], int]:

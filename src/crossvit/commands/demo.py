@@ -15,6 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis.report import write_report
     from ..inference import evaluate_checkpoint, format_report
     from ..training.trainer import start_or_resume, train
 
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     length = (f"{config.train.time_limit:g} minutes (at most {config.epochs} epochs)" if config.train.time_limit
               else f"{config.epochs} epochs")
     print(f"training {config.model.name} on Fashion-MNIST for {length} into {output}" + (" (continuing)" if state else ""))
-    result = train(config, output, state)
+    result = train(config, output, state, command=args.command_line)
     if result.interrupted:
         print(f"stopped; `crossvit demo --output {output}` continues where it stopped")
         return 130
@@ -43,5 +44,7 @@ def run(args: argparse.Namespace) -> int:
         flipped = evaluate_checkpoint(str(output / "best.pth"), output=str(output / "eval-flip"), flip=True)
         print(f"averaging each image with its mirror image (crossvit eval --flip): top-1 {flipped['top1']:.2f}%")
         files += "\n  eval-flip/     the same, each image averaged with its mirror image"
+    write_report(output)
+    files += "\n  report.html    all of it on one page, with the images it gets most wrong: open it in a browser"
     print(files)
     return 0
