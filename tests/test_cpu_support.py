@@ -131,6 +131,8 @@ def test_forecast_comes_once_after_the_first_seconds():
     assert "about 2.0 epochs" in slow.forecast(400, 20.0, "x")
     verdict = slow.verdict(4.0, 86.0)
     assert "86.00% top-1" in verdict and "85.00% at 4.0 epochs (+1.00)" in verdict
+    short = slow.verdict(0.3, 70.0)  # far fewer epochs than any measured run: no figure claimed for it
+    assert "70.00% top-1" in short and "no figure to compare with" in short and "(-" not in short
 
 
 def test_a_time_limited_run_prints_its_expectation(folder, tmp_path, capsys):

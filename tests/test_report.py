@@ -153,3 +153,21 @@ def test_a_run_exports_to_the_hub_layout_with_its_model_card(run, tmp_path, caps
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), original(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", ["model.options.fusion=all_attention", "model.options.fusion=pairwise",
+                                     "model.options.cls_token=false"])
+def test_every_kind_of_model_gets_its_mistakes_drawn(tmp_path, options):
+    """Each fusion's maps where it has attention weights; without a CLS token, the pictures alone."""
+    from crossvit.analysis.report import write_report
+    from crossvit.training.trainer import train
+    from tinyrun import tiny_config
+
+    folder = make_folder_dataset(tmp_path / "data", classes=3, train_per_class=8, val_per_class=6)
+    train(tiny_config(folder, *PLAIN, "optim.lr=1e-5", "epochs=1", options), tmp_path / "run")
+    page = _parse(write_report(tmp_path / "run", worst=2))
+    strips = [_png(i["src"]).size for i in page.images if i["within"] == "figure.mistake"]
+    assert len(strips) == 2
+    panels = {"fusion=all_attention": 5, "fusion=pairwise": 3, "cls_token=false": 1}[options.split(".")[-1]]
+    assert all(width == pytest.approx(panels * 1.6 * 110, abs=2) for width, _ in strips)  # 1.6 inch per panel, 110 dpi
+    assert "not recorded" in page.text["pre.command"]  # trained from Python, not by a command

@@ -60,9 +60,9 @@ def assert_one_line(code: int, lines: list[str], command: str, pattern: str) -> 
 MODELS = ", ".join(crossvit.list_models())
 BAD_OVERRIDES = [
     # unknown keys
-    ("bogus=1", r"unknown config key 'bogus'; valid keys here: epochs, seed, model, data, aug, optim, train, expected_top1$"),
+    ("bogus=1", r"unknown config key 'bogus'; valid keys here: recipe, epochs, seed, model, data, aug, optim, train, expected_top1$"),
     ("train.thread=2", r"unknown config key 'train\.thread'; did you mean train\.threads\?"),
-    ("optimm.lr=1", r"unknown config key 'optimm'; did you mean optim\? valid keys here: epochs, seed, model"),
+    ("optimm.lr=1", r"unknown config key 'optimm'; did you mean optim\? valid keys here: recipe, epochs, seed, model"),
     ("optim=3", r"optim must be a section of keys, got 3"),
     ("epochs.x=5", r"option 'epochs\.x': 'epochs' is not a section"),
     ("=5", r"argument '=5' has no key .*before '='"),

@@ -45,6 +45,10 @@ class Expectation:
                 f"{self._near(epochs)} ({self._measured()})")
 
     def verdict(self, epochs: float, top1: float) -> str:
+        low = min(self.curve)
+        if epochs < 0.9 * low:  # a run cut far shorter than any measured one: its curve says nothing here
+            return (f"reached {epochs:.1f} epochs and {top1:.2f}% top-1; the recipe's measured runs all trained longer "
+                    f"(the shortest, {low:g} epochs, ended at {self.curve[low]:.2f}%), so there is no figure to compare with")
         expected = top1_at(self.curve, epochs)
         return (f"reached {epochs:.1f} epochs and {top1:.2f}% top-1; the recipe's measured runs give "
                 f"{expected:.2f}% at {epochs:.1f} epochs ({top1 - expected:+.2f})")
