@@ -113,3 +113,14 @@ def test_cuda_graph_replays_what_eager_inference_runs(capsys):
     assert "--cuda-graph replays eager inference only" in capsys.readouterr().err
     for r in report["results"]:
         assert r["crossvit"]["best_img_s"] > 0
+
+
+def test_the_commands_choices_are_the_benchmarks():
+    import argparse
+
+    from crossvit.analysis import benchmark
+    from crossvit.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {a.dest: tuple(a.choices) for a in commands.choices["bench"]._actions if a.choices}
+    assert choices["mode"] == benchmark.MODES and choices["precision"] == tuple(benchmark.PRECISIONS)

@@ -83,3 +83,13 @@ def test_output_piped_into_a_reader_that_leaves_early_is_not_an_error():
     err = child.stderr.read()
     assert child.wait() == 0, err[-500:]
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_help_and_argument_errors_do_not_wait_for_torch():
+    """`crossvit --help`, every command's parser and a wrong argument load neither torch nor numpy."""
+    probe = ("import sys\nfrom crossvit import cli\ncli.build_parser()\n"
+             "try:\n    cli.main(['train'])\nexcept SystemExit as e:\n    assert e.code == 2, e.code\n"
+             "loaded = [m for m in ('torch', 'numpy') if m in sys.modules]\nassert not loaded, loaded")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "crossvit train: error: the following arguments are required" in result.stderr

@@ -6,7 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..analysis.benchmark import MODES, PRECISIONS
+
+# analysis.benchmark's modes and precisions (tests/test_bench.py keeps them equal), named here so that
+# building the parser does not import torch.
+MODES = ("latency", "infer", "train")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a registered variant, e.g. crossvit_9_240")
     p.add_argument("--mode", nargs="+", choices=MODES, default=["latency", "infer"],
                    help="latency: batch 1; infer: img/s at --batch-size; train: forward+backward+AdamW step")
-    p.add_argument("--precision", nargs="+", choices=tuple(PRECISIONS), default=["fp32"],
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                    help="fp32, or bf16/fp16 autocast")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--compile", choices=("off", "on", "both"), default="off", help="torch.compile the models")
