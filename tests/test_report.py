@@ -98,6 +98,9 @@ def test_the_report_holds_the_runs_results(run, tmp_path):
     assert [i["alt"] for i in page.images if i["within"] == "figure.plot"] == [
         "Training curves", "Accuracy by class", "Confusion matrix"]
     assert len(page.images) == 3 + len(mistakes)
+    assert f"Of the {wrong} validation images the model gets wrong" in (run / "report.html").read_text()
+    assert main(["report", str(run), "--worst", "0", "--output", str(tmp_path / "none.html")]) == 0
+    assert f"{wrong} validation images are wrong; none shown" in (tmp_path / "none.html").read_text()
     # The command and config that made the run, as the run recorded them.
     command = [line for line in (run / "command.txt").read_text().splitlines() if not line.startswith("#")]
     assert page.text["pre.command"].strip() == command[0] and command[0].startswith("crossvit train small_folder ")

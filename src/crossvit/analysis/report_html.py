@@ -87,15 +87,20 @@ def _class_table(page: Page) -> str:
 
 
 def _mistakes(page: Page) -> str:
+    wrong = page.samples - sum(row[i] for i, row in enumerate(page.confusion))
     if not page.mistakes:
-        return '<h2 id="mistakes">Most wrong</h2><p>The model gets every validation image right.</p>'
+        said = (f"{wrong} validation images are wrong; none shown (--worst 0)." if wrong else
+                "The model gets every validation image right.")
+        return f'<h2 id="mistakes">Most wrong</h2><p>{said}</p>'
     cards = [f'<figure class="mistake">{_img(m.png_base64, m.name)}<figcaption><b>{escape(m.name)}</b>: '
              f"true <i>{escape(m.true_class)}</i>, predicted <i>{escape(m.predicted)}</i> "
-             f"({100 * m.p_predicted:.1f}%); the true class got {100 * m.p_true:.2f}%</figcaption></figure>" for m in page.mistakes]
-    return (f'<h2 id="mistakes">Most wrong</h2>\n<p>The {len(page.mistakes)} validation images whose true class '
-            "got the least probability. Beside each: where each branch's CLS token draws from, through all its "
-            "blocks (attention rollout), and what it reads from the other branch in the last fusion.</p>\n"
-            '<div class="mistakes">' + "\n".join(cards) + "</div>")
+             f"({100 * m.p_predicted:.1f}%); the true class got {100 * m.p_true:.2f}%</figcaption></figure>"
+             for m in page.mistakes]
+    return (f'<h2 id="mistakes">Most wrong</h2>\n<p>Of the {wrong} validation images the model gets wrong, the '
+            f"{len(page.mistakes)} whose true class got the least probability. Beside each, where the model looked: "
+            "each branch's attention rollout (how its CLS token draws on the patches through all its blocks) and, "
+            "where the fusion attends, what each branch's CLS token reads from the other branch in the last "
+            "fusion.</p>\n" + '<div class="mistakes">' + "\n".join(cards) + "</div>")
 
 
 def _epochs_table(metrics: list[dict]) -> str:
