@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import crossvit
 
@@ -28,32 +27,39 @@ def test_save_pretrained_round_trips_through_local_dir(tmp_path):
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 
-def _timm_hub_dir(tmp_path, name):
-    """A directory as timm's hub copies are: timm's config.json and its weights in its layout."""
+def _timm_hub_dir(tmp_path, name, safetensors=True, **kwargs):
+    """A directory as timm's hub copies are, written by timm's own save_for_hf: its config.json and its
+    weights in its layout (model.safetensors, or pytorch_model.bin, save_for_hf's default)."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    reference = timm.create_model(name, pretrained=False).eval()
+    reference = timm.create_model(name, pretrained=False, **kwargs).eval()
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     directory = tmp_path / name
-    directory.mkdir()
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, directory / "model.safetensors")
-    cfg = reference.pretrained_cfg
-    (directory / "config.json").write_text(json.dumps({
-        "architecture": name, "num_classes": 1000, "num_features": reference.num_features,
-        "pretrained_cfg": {k: cfg[k] for k in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
-                                               "num_classes", "first_conv", "classifier")}}))
+    timm.models.save_for_hf(reference, str(directory), model_args=kwargs or None, safe_serialization=safetensors)
     return directory, reference
 
 
-def test_a_timm_hub_copy_gives_timms_logits(tmp_path):
-    directory, reference = _timm_hub_dir(tmp_path, "crossvit_9_240")
+@pytest.mark.parametrize("safetensors", [True, False])
+def test_a_timm_hub_copy_gives_timms_logits(tmp_path, safetensors):
+    directory, reference = _timm_hub_dir(tmp_path, "crossvit_9_240", safetensors)
+    weights = {p.name for p in directory.iterdir()} - {"config.json"}
+    assert weights == ({"model.safetensors"} if safetensors else {"pytorch_model.bin"})
     model = crossvit.create_model(f"local-dir:{directory}").eval()
     x = torch.randn(2, 3, 240, 240)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-4)
     assert model.meta.crop_pct == reference.pretrained_cfg["crop_pct"]
+
+
+def test_a_fine_tuned_timm_hub_copy_keeps_its_classes(tmp_path):
+    directory, reference = _timm_hub_dir(tmp_path, "crossvit_tiny_240", num_classes=7)
+    model = crossvit.create_model(f"local-dir:{directory}").eval()
+    x = torch.randn(1, 3, 240, 240)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-4)
+    assert model.num_classes == 7
 
 
 def test_hf_hub_names_download_through_huggingface_hub(tmp_path, monkeypatch):
@@ -80,5 +86,5 @@ def test_hf_hub_names_download_through_huggingface_hub(tmp_path, monkeypatch):
 
 
 def test_a_directory_without_the_layout_is_one_line(tmp_path):
-    with pytest.raises(crossvit.CheckpointError, match="not a hub-layout model directory: it needs config.json"):
+    with pytest.raises(crossvit.CheckpointError, match="not a hub-layout model directory: it needs config.json and model.safetensors"):
         crossvit.create_model(f"local-dir:{tmp_path}")

@@ -23,6 +23,7 @@ from .checkpoint import StoredCheckpoint, read_checkpoint
 from .config import CrossViTConfig
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+OLD_WEIGHTS_FILE = "pytorch_model.bin"  # what timm's save_for_hf writes by default; read safely (weights only)
 
 
 def save_pretrained(model, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> Path:
@@ -81,9 +82,11 @@ def read_pretrained(directory: str | os.PathLike) -> tuple[str | None, CrossViTC
     """(architecture name, our full config if saved, config.json, the weights) of a hub-layout directory."""
     directory = Path(directory)
     config_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    if not weights.is_file() and (directory / OLD_WEIGHTS_FILE).is_file():
+        weights = directory / OLD_WEIGHTS_FILE
     if not config_path.is_file() or not weights.is_file():
         raise CheckpointError(f"{directory} is not a hub-layout model directory: it needs {CONFIG_FILE} and "
-                              f"{WEIGHTS_FILE} (crossvit.save_pretrained writes them)")
+                              f"{WEIGHTS_FILE} (or {OLD_WEIGHTS_FILE}); crossvit.save_pretrained writes them")
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
