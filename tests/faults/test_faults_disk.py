@@ -10,7 +10,8 @@ import pytest
 
 from crossvit.cli import main
 from crossvit.training import state, trainer
-from crossvit.training.trainer import read_metrics, train
+from crossvit.training.rundir import read_metrics
+from crossvit.training.trainer import train
 from imagegen import make_folder_dataset
 from tinyrun import PLAIN, assert_same_weights, tiny_args, tiny_config
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossvit.training.trainer import read_metrics, train
+from crossvit.training.rundir import read_metrics
+from crossvit.training.trainer import train
 from imagegen import make_folder_dataset
 from tinyrun import PLAIN, assert_same_weights, tiny_args, tiny_config
 

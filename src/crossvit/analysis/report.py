@@ -45,18 +45,6 @@ class Predictions:
     worst: list[tuple[float, int, int, int, float, Tensor]] = field(default_factory=list)
     # (probability of the true class, index in the split, true class, predicted class, its probability, image)
 
-    @property
-    def samples(self) -> int:
-        return int(self.confusion.sum())
-
-    @property
-    def top1(self) -> float:
-        return float(self.confusion.diag().sum()) / max(1, self.samples) * 100
-
-    @property
-    def per_class(self) -> list[float]:
-        return (self.confusion.diag() / self.confusion.sum(1).clamp(min=1) * 100).tolist()
-
 
 def predict_split(model: CrossViT, loader, num_classes: int, keep_worst: int) -> Predictions:
     """One pass over `loader` (images in order, as validation_data gives them): the confusion matrix,
@@ -65,10 +53,10 @@ def predict_split(model: CrossViT, loader, num_classes: int, keep_worst: int) ->
     device = next(model.parameters()).device
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     loss, unreadable, offset, worst = 0.0, 0, 0, []
-    skipped = _skipped_positions(loader)
+    files = _split_files(loader)
     for batch in loader:
         unreadable += len(batch.bad)
-        positions = skipped(range(offset, offset + len(batch.images) + len(batch.bad)), batch.bad)
+        positions = _readable_positions(range(offset, offset + len(batch.images) + len(batch.bad)), batch.bad, files)
         offset += len(batch.images) + len(batch.bad)
         if not len(batch.images):
             continue
@@ -83,30 +71,26 @@ def predict_split(model: CrossViT, loader, num_classes: int, keep_worst: int) ->
             worst.append((p_true[i].item(), positions[i], int(targets[i]), int(predicted[i]),
                           probs[i, predicted[i]].item(), batch.images[i].clone()))
         worst = sorted(worst, key=lambda w: w[0])[:keep_worst]
-    result = Predictions(confusion, 0.0, unreadable, worst)
-    result.loss = loss / max(1, result.samples)
-    return result
+    return Predictions(confusion, loss / max(1, int(confusion.sum())), unreadable, worst)
 
 
-def _skipped_positions(loader):
-    """A function giving the split positions of a batch's readable images: its positions, less
-    those of the unreadable files (found by path, in an image-folder dataset)."""
+def _split_files(loader) -> list[tuple[str, int]] | None:
+    """The (file, class) of each image of the split, in order, for datasets read from files (else None)."""
     dataset = getattr(loader.dataset, "dataset", loader.dataset)  # eval_loader wraps it in a Subset
-    samples = getattr(dataset, "samples", None)
-
-    def positions(span: range, bad: list) -> list[int]:
-        if not bad or samples is None:
-            return list(span)
-        bad_paths = {b.path for b in bad}
-        return [p for p in span if samples[p][0] not in bad_paths]
-    return positions
+    return getattr(dataset, "samples", None)
 
 
-def sample_name(loader, position: int) -> str:
+def _readable_positions(span: range, bad: list, files: list[tuple[str, int]] | None) -> list[int]:
+    """The split positions of a batch's readable images: its span, less the unreadable files (found by path)."""
+    if not bad or files is None:
+        return list(span)
+    bad_paths = {b.path for b in bad}
+    return [p for p in span if files[p][0] not in bad_paths]
+
+
+def sample_name(files: list[tuple[str, int]] | None, position: int) -> str:
     """How the report names a validation image: its file, if the dataset has files, else its index."""
-    dataset = getattr(loader.dataset, "dataset", loader.dataset)
-    samples = getattr(dataset, "samples", None)
-    return str(samples[position][0]) if samples is not None else f"validation image {position}"
+    return str(files[position][0]) if files is not None else f"validation image {position}"
 
 
 def mistake_maps(model: CrossViT, image: Tensor) -> dict[str, np.ndarray]:
@@ -164,51 +148,56 @@ def write_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
     if out.is_dir():
         raise CrossViTError(f"--output {out} is a folder; name the HTML file to write")
     stored = read_checkpoint(weights)
-    model, class_names = load_for_inference(stored, device="cpu" if not torch.cuda.is_available() else None)
-    loader, dataset_names, data_cfg = validation_data(stored, model, data, limit=limit, workers=workers,
-                                                      batch_size=batch_size)
+    model, _ = load_for_inference(stored)
+    loader, class_names, data_cfg = validation_data(stored, model, data, limit=limit, workers=workers,
+                                                    batch_size=batch_size)
     started = time.perf_counter()
-    predictions = predict_split(model, loader, len(dataset_names), worst)
-    if not predictions.samples:
+    predictions = predict_split(model, loader, len(class_names), worst)
+    if not predictions.confusion.sum():
         raise CrossViTError(f"no readable validation image in {data_cfg.path or data_cfg.dataset}; nothing to report")
-    page = _page(run_dir, weights, stored.progress, model, dataset_names, data_cfg, loader, predictions)
+    page = Page(
+        run=run_dir.name, checkpoint=str(weights), epoch=(stored.progress or {}).get("epoch"),
+        model=model.meta.name if model.meta else "crossvit", dataset=data_cfg.dataset, data_path=data_cfg.path,
+        class_names=class_names, confusion=predictions.confusion.tolist(), loss=predictions.loss,
+        unreadable=predictions.unreadable, metrics=rundir.read_metrics(run_dir / rundir.METRICS),
+        commands=rundir.read_commands(run_dir), config=_read_text(run_dir / rundir.CONFIG),
+        made=f"{time.strftime('%Y-%m-%d %H:%M')} by crossvit on {platform.node() or 'this machine'}, "
+             f"torch {torch.__version__}")
+    page.figures = _plots(page, weights.name)
+    files = _split_files(loader)
+    page.mistakes = [_mistake(model, sample_name(files, position), class_names[target], class_names[predicted],
+                              p_predicted, p_true, image)
+                     for p_true, position, target, predicted, p_predicted, image in predictions.worst]
     page.seconds = time.perf_counter() - started
     text = render(page)
     atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out
 
 
-def _page(run_dir: Path, weights: Path, progress: dict | None, model: CrossViT, class_names: list[str], data_cfg,
-          loader, predictions: Predictions) -> Page:
-    metrics = rundir.read_metrics(run_dir / rundir.METRICS)
-    figures = []
-    if metrics:
-        figures.append(Plot("curves", "Training curves", _png(curves_figure(metrics)),
-                              "Loss, validation top-1 (the heads averaged and each alone) and learning rate by epoch."))
-    top1 = predictions.top1
-    figures.append(Plot("per-class", "Accuracy by class", _png(per_class_figure(class_names, predictions.per_class,
-                                                                                   top1)),
-                          "Validation top-1 of each class, worst first; the dashed line is the whole split's."))
-    figures.append(Plot("confusion", "Confusion matrix", _png(confusion_figure(
-        predictions.confusion.tolist(), class_names, f"{weights.name}: top-1 {top1:.2f}%")),
+def _plots(page: Page, checkpoint_name: str) -> list[Plot]:
+    plots = []
+    if page.metrics:
+        plots.append(Plot("curves", "Training curves", _png(curves_figure(page.metrics)),
+                          "Loss, validation top-1 (the heads averaged and each alone) and learning rate by epoch."))
+    plots.append(Plot("per-class", "Accuracy by class", _png(per_class_figure(page.class_names, page.per_class,
+                                                                               page.top1)),
+                      "Validation top-1 of each class, worst first; the dashed line is the whole split's."))
+    plots.append(Plot("confusion", "Confusion matrix", _png(confusion_figure(
+        page.confusion, page.class_names, f"{checkpoint_name}: top-1 {page.top1:.2f}%")),
         "Row: the true class; column: the prediction. Colour: the share of the row; numbers: images."))
-    mistakes = []
-    for p_true, position, target, predicted, p_predicted, image in predictions.worst:
-        picture = unnormalise(image, model.meta)
-        if model.config.cls_token:
-            maps = mistake_maps(model, image)
-            fig = strip_figure(picture, maps, {name: _panel_title(name) for name in maps})
-        else:  # no CLS token, so no question of where it looks: the picture alone
-            fig = strip_figure(picture, {})
-        mistakes.append(Mistake(sample_name(loader, position), class_names[target], class_names[predicted],
-                                p_predicted, p_true, _png(fig)))
-    return Page(
-        run=run_dir.name, checkpoint=str(weights), epoch=(progress or {}).get("epoch"), model=model.meta.name if model.meta else "crossvit",
-        dataset=data_cfg.dataset, data_path=data_cfg.path, class_names=class_names, samples=predictions.samples,
-        top1=top1, loss=predictions.loss, unreadable=predictions.unreadable, per_class=predictions.per_class,
-        confusion=predictions.confusion.tolist(), figures=figures, mistakes=mistakes, metrics=metrics,
-        commands=rundir.read_commands(run_dir), config=_read_text(run_dir / rundir.CONFIG),
-        made=f"{time.strftime('%Y-%m-%d %H:%M')} by crossvit on {platform.node() or 'this machine'}, torch {torch.__version__}")
+    return plots
+
+
+def _mistake(model: CrossViT, label: str, true_class: str, predicted: str, p_predicted: float, p_true: float,
+             image: Tensor) -> Mistake:
+    """A wrongly classified image, drawn beside where each branch looked."""
+    picture = unnormalise(image, model.meta)
+    if model.config.cls_token:
+        maps = mistake_maps(model, image)
+        fig = strip_figure(picture, maps, {name: _panel_title(name) for name in maps})
+    else:  # no CLS token, so no question of where it looks: the picture alone
+        fig = strip_figure(picture, {})
+    return Mistake(label, true_class, predicted, p_predicted, p_true, _png(fig))
 
 
 def _read_text(path: Path) -> str | None:

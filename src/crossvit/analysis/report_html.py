@@ -5,7 +5,7 @@ The page is static: no script, no file or address outside it, so any browser ope
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 
 
@@ -36,19 +36,32 @@ class Page:
     dataset: str
     data_path: str | None
     class_names: list[str]
-    samples: int
-    top1: float
+    confusion: list[list[int]]  # rows: true class; what the counts below are read from
     loss: float
     unreadable: int
-    per_class: list[float]
-    confusion: list[list[int]]
-    figures: list[Plot]
-    mistakes: list[Mistake]
     metrics: list[dict]
     commands: list[str]
     config: str | None
     made: str
+    figures: list[Plot] = field(default_factory=list)
+    mistakes: list[Mistake] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def samples(self) -> int:
+        return sum(map(sum, self.confusion))
+
+    @property
+    def right(self) -> int:
+        return sum(row[i] for i, row in enumerate(self.confusion))
+
+    @property
+    def top1(self) -> float:
+        return 100 * self.right / max(1, self.samples)
+
+    @property
+    def per_class(self) -> list[float]:
+        return [100 * row[i] / max(1, sum(row)) for i, row in enumerate(self.confusion)]
 
 
 STYLE = """
@@ -87,7 +100,7 @@ def _class_table(page: Page) -> str:
 
 
 def _mistakes(page: Page) -> str:
-    wrong = page.samples - sum(row[i] for i, row in enumerate(page.confusion))
+    wrong = page.samples - page.right
     if not page.mistakes:
         said = (f"{wrong} validation images are wrong; none shown (--worst 0)." if wrong else
                 "The model gets every validation image right.")

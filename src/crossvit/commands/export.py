@@ -45,10 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise CrossViTError(f"exporting {source} would overwrite it; name another file with --output")
     if args.opset is not None and args.fmt != "onnx":
         raise CrossViTError(f"--opset applies to --format onnx only, not {args.fmt}")
-    if hub and output.exists() and not output.is_dir():
-        raise CrossViTError(f"--output {output} is a file; --format hub writes a folder: name a folder")
-    if not hub:
-        check_output_path(output)  # before reading and tracing the model, which take a while
+    # Before reading and tracing the model, which take a while. A hub folder's files go inside it.
+    check_output_path(output / "config.json" if hub else output)
     stored = read_checkpoint(source)
     model, _ = load_for_inference(stored, args.model, device="cpu", need_classifier=False, int8_error=(
         f"{source} is an int8 model from `crossvit quantize`, which runs only in PyTorch on the CPU; "

@@ -218,10 +218,8 @@ def export_hub(model: CrossViT, directory: str | os.PathLike, card: dict | None 
     from ..model.hub import save_pretrained
 
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise CrossViTError(f"output {directory} is a file; the hub layout is a folder: name a folder")
+    check_output_path(directory / "config.json")  # refuses a `directory` that is a file
     model = _prepare(model)
-    check_output_path(directory / "config.json")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:

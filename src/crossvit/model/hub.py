@@ -53,10 +53,10 @@ def card_from_run(run_config: dict[str, Any] | None, progress: dict[str, Any] | 
     and the command that started it (the first line of its command.txt)."""
     if not run_config:
         return {}
-    data = run_config.get("data", {})
+    data, progress = run_config.get("data", {}), progress or {}
     card = {"dataset": data.get("dataset"), "data path": data.get("path"), "recipe": run_config.get("recipe"),
-            "epochs trained": (progress or {}).get("epoch")}
-    best, best_epoch = (progress or {}).get("best_top1"), (progress or {}).get("best_epoch")
+            "epochs trained": progress.get("epoch")}
+    best, best_epoch = progress.get("best_top1"), progress.get("best_epoch")
     if best is not None:
         which = "these weights" if best_epoch == progress.get("epoch") else "the run's best"
         card["validation top-1"] = f"{best:.2f}% ({which}, epoch {best_epoch})"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..files import atomic_write
 from ..runconfig import load_config
-from ..training.rundir import read_metrics
+from ..training import rundir
 from .specs import Cell, Study
 
 
@@ -47,17 +47,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def run_finished(output: Path) -> bool:
     """Whether the run in `output` trained its whole budget and was evaluated at the end."""
-    if not (output / "config.yaml").is_file() or not (output / "last.pth").is_file():
+    if not (output / rundir.CONFIG).is_file() or not (output / rundir.LAST).is_file():
         return False
-    records = read_metrics(output / "metrics.jsonl")
+    records = rundir.read_metrics(output / rundir.METRICS)
     if not records or "val_top1" not in records[-1]:
         return False
     last = records[-1]
-    return last.get("time_limit_reached", False) or last["epoch"] >= load_config(str(output / "config.yaml")).epochs
+    return last.get("time_limit_reached", False) or last["epoch"] >= load_config(str(output / rundir.CONFIG)).epochs
 
 
 def outcome(output: Path, seed: int) -> RunOutcome:
-    records = read_metrics(output / "metrics.jsonl")
+    records = rundir.read_metrics(output / rundir.METRICS)
     final = records[-1]
     full = [r["img_per_s"] for r in records if not r.get("time_limit_reached")] or [r["img_per_s"] for r in records]
     return RunOutcome(seed, final["val_top1"], tuple(final["val_branch_top1"]), statistics.fmean(full), final["epoch"])
@@ -74,7 +74,7 @@ def collect(study: Study, root: Path, seeds: int) -> list[CellSummary]:
         runs = tuple(outcome(folder, seed) for seed, folder in folders if run_finished(folder))
         params = macs = None
         if runs:
-            model = create_model(checkpoint=root / cell.name / f"seed-{runs[0].seed}" / "last.pth")
+            model = create_model(checkpoint=root / cell.name / f"seed-{runs[0].seed}" / rundir.LAST)
             params, macs = count_params(model), model_macs(model)
         summaries.append(CellSummary(cell, runs, params, macs))
     return summaries

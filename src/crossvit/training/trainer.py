@@ -21,11 +21,10 @@ from ..errors import CrossViTError, first_line
 from ..files import atomic_write, is_disk_full
 from ..model.fastpaths import cpu_support
 from ..runconfig import RunConfig, load_config, save_config
-from . import distributed
+from . import distributed, rundir
 from .engine import EpochStats, EvalResult, LossDiverged, StepContext, evaluate, train_one_epoch
 from .expectation import Expectation
 from .plots import plot_curves
-from .rundir import read_metrics, record_command
 from .tensorboard import RunLog
 from .setup import RunParts, build, lr_groups, restore, step_context
 from .state import Progress, TrainingState, load_state, save_state
@@ -82,7 +81,7 @@ def start_or_resume(output: str | Path, recipe: str | RunConfig, overrides: list
     more epochs): from its last.pth, or, stopped before its first checkpoint, from its config.yaml.
     resume="if_started" continues a run started there and starts one otherwise."""
     output = Path(output)
-    last, saved_config = output / "last.pth", output / "config.yaml"
+    last, saved_config = output / rundir.LAST, output / rundir.CONFIG
     if resume is True or (resume == "if_started" and (last.exists() or saved_config.is_file())):
         if last.exists():  # load_state names what is wrong with anything there that is no checkpoint
             state = load_state(last)
@@ -127,7 +126,7 @@ def train(config: RunConfig, output: str | Path, state: TrainingState | None = N
 
 def _train(config: RunConfig, output: Path, saved: TrainingState | None, world: distributed.World,
            signals: StopSignals, command: str | None) -> RunResult:
-    if saved is None and (output / "last.pth").is_file():
+    if saved is None and (output / rundir.LAST).is_file():
         raise CrossViTError(f"{output} already holds a run (last.pth): pass --resume to continue it, "
                             "or choose another --output")
     if world.is_main and output.is_dir():
@@ -157,7 +156,7 @@ class Run:
                  output: Path, signals: StopSignals, command: str | None = None) -> None:
         self.parts, self.config, self.step, self.progress = parts, parts.config, step, progress
         self.world, self.output, self.signals, self.command = world, output, signals, command
-        self.last_path, self.best_path, self.metrics_path = output / "last.pth", output / "best.pth", output / "metrics.jsonl"
+        self.last_path, self.best_path, self.metrics_path = output / rundir.LAST, output / rundir.BEST, output / rundir.METRICS
         self.bad_files: set[str] = set()
         self.epochs_done = float(progress.epoch)  # with the share of a last epoch that a time limit cut short
         self.final: EvalResult | None = None  # the latest evaluation
@@ -205,9 +204,9 @@ class Run:
         if not self.world.is_main:
             return
         self.output.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.output / "config.yaml")
+        save_config(self.config, self.output / rundir.CONFIG)
         if self.command:
-            record_command(self.output, self.command)
+            rundir.record_command(self.output, self.command)
         if self.config.optim.layer_decay not in (None, 1.0):
             groups = lr_groups(self.parts.model, self.parts.optimizer)
             for g in groups:
@@ -217,7 +216,7 @@ class Run:
             text = json.dumps(groups, indent=1)
             atomic_write(self.output / "lr_groups.json", lambda tmp: Path(tmp).write_text(text))
         if self.metrics_path.is_file():
-            kept = "".join(json.dumps(r) + "\n" for r in read_metrics(self.metrics_path)
+            kept = "".join(json.dumps(r) + "\n" for r in rundir.read_metrics(self.metrics_path)
                            if r["epoch"] <= self.progress.epoch)
             atomic_write(self.metrics_path, lambda tmp: Path(tmp).write_text(kept))
 
@@ -293,7 +292,7 @@ class Run:
         self.save(self.last_path)
         self.last_save = time.monotonic()
         if world.is_main:
-            plot_curves(read_metrics(self.metrics_path), self.output / "curves.png")
+            plot_curves(rundir.read_metrics(self.metrics_path), self.output / rundir.CURVES)
             tqdm.write(_epoch_line(record, config.epochs))
         distributed.barrier(world)
 
